@@ -26,6 +26,10 @@ class XEncoderConfig:
     # Fraction of the resized image kept by the center crop; None: the model's own (timm's
     # crop_pct). 1.0 keeps the whole image, which matters when objects touch the border.
     crop_pct: float | None = None
+    # Which features become visual tokens. None: the model's final features (timm
+    # forward_features). An int: that stage of timm's forward_intermediates (-1 = the last stage,
+    # before any final 1x1 conv head), which keeps more low-level detail such as colour.
+    feature_index: int | None = None
 
 
 @dataclass

@@ -81,6 +81,8 @@ class XEncoder(FrozenMixin, nn.Module):
         if cfg.backend == "timm":
             self.model, self.transform, weights_id = self._build_timm(cfg)
         elif cfg.backend == "open_clip":
+            if cfg.feature_index is not None:
+                raise ValueError("x_encoder.feature_index is supported for timm models only")
             self.model, self.transform = self._build_open_clip(cfg)
         else:
             raise ValueError(f"unknown X-encoder backend {cfg.backend!r}; use 'timm' or 'open_clip'")
@@ -91,6 +93,8 @@ class XEncoder(FrozenMixin, nn.Module):
         self.num_tokens, self.dim, self.grid = tokens.shape[1], tokens.shape[2], grid
         desc = {"backend": cfg.backend, "name": cfg.name, "weights": weights_id,
                 "transform": repr(self.transform)}
+        if cfg.feature_index is not None:  # keeps fingerprints of final-feature caches unchanged
+            desc["feature_index"] = cfg.feature_index
         self.fingerprint = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
     @staticmethod
@@ -147,7 +151,11 @@ class XEncoder(FrozenMixin, nn.Module):
             if isinstance(out, tuple):  # (pooled (B, D), tokens (B, N, D'))
                 return out[1], None
             return out.unsqueeze(1), None  # towers without token output: one token
-        feats = self.model.forward_features(x)
+        if self.cfg.feature_index is None:
+            feats = self.model.forward_features(x)
+        else:
+            feats = self.model.forward_intermediates(
+                x, indices=[self.cfg.feature_index], intermediates_only=True, stop_early=True)[0]
         if feats.ndim == 4:  # CNN: (B, C, h, w) -> (B, h*w, C)
             return feats.flatten(2).transpose(1, 2), tuple(feats.shape[-2:])
         return feats, None  # ViT: (B, N, C), prefix tokens included
@@ -215,6 +223,8 @@ class YEncoder(FrozenMixin, nn.Module):
     memoised. Trainable: trained with ``cfg.lr_mult`` x the base learning rate (paper: 0.05).
     """
 
+    MEMO_SIZE = 100_000  # frozen-mode memo of text -> embedding
+
     def __init__(self, cfg: YEncoderConfig):
         super().__init__()
         self.cfg = cfg
@@ -280,6 +290,8 @@ class YEncoder(FrozenMixin, nn.Module):
         if self.cfg.trainable:
             return self._encode(list(texts))
         new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if len(self._memo) + len(new) > self.MEMO_SIZE:
+            self._memo.clear()  # bounded: a caption corpus need not fit in memory
         if new:
             with torch.no_grad():
                 for t, e in zip(new, self._encode(new)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import Any
 
 import lightning as L
@@ -20,6 +21,9 @@ from .data.vqa import load_vqa
 from .factory import check_config, trained_state_dict
 from .images import image_key
 from .model import VLJEPA
+
+# The frozen encoders stay in eval mode on purpose (see encoders.FrozenMixin).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 class VQAFeatures(Dataset):
