@@ -41,7 +41,7 @@ def test_a_local_parquet_source_with_other_column_names(tmp_path, model, cache_d
     dm.setup("fit")
     batch = dm.test_set.__getitems__(list(range(4)))
     assert batch["visual"].shape[0] == 4 and batch["answer"] == ds["answer"][:4]
-    with pytest.raises(ValueError, match=r"no column\(s\) \['question'\]"):
+    with pytest.raises(ValueError, match=r"no column\(s\) \['question', 'answer'\]"):
         load_vqa("parquet", "train", data_files={"train": path}, image_column="img")
 
 
