@@ -10,7 +10,7 @@ from conftest import TINY_PREDICTOR
 def test_output_shapes(model, easy_vqa_test_image):
     D = model.config.embed_dim
     tokens = model.visual_tokens([easy_vqa_test_image] * 3)
-    assert tokens.shape == (3, model.x_encoder.num_tokens, model.x_encoder.dim) == (3, 49, 1280)
+    assert tokens.shape == (3, model.x_encoder.num_tokens, model.x_encoder.dim) == (3, 49, 320)
     ids, mask = model.tokenize_queries(["what color is the shape?", "is there a circle?", "hi"])
     assert ids.shape == mask.shape and ids.shape[0] == 3 and mask.dtype == torch.bool
     assert model(tokens, ids, mask).shape == (3, D)
@@ -24,7 +24,7 @@ def test_output_shapes(model, easy_vqa_test_image):
 
 
 def test_visual_pool_shrinks_the_token_grid(model):
-    x = torch.randn(2, 49, 1280)
+    x = torch.randn(2, 49, 320)
     assert model.predictor.pool_visual(x).shape == (2, 16, 1280)  # 7x7 -> 4x4 (ceil)
 
 

@@ -21,7 +21,7 @@ def test_a_tiny_training_run_lowers_the_loss(model):
     torch.manual_seed(0)
     m = vljepa.create_model({"predictor": TINY_PREDICTOR})
     # 16 fixed examples with 4 distinct answers; the loss on them must fall.
-    visual = torch.randn(16, 49, 1280)
+    visual = torch.randn(16, 49, 320)
     ids, mask = m.tokenize_queries(["what color is the shape?"] * 16)
     answers = ["red", "blue", "green", "yellow"] * 4
     target_ids = torch.arange(16) % 4
@@ -52,7 +52,7 @@ def test_train_py_end_to_end_then_resume(tmp_path, cache_dir):
     assert last.is_file()
     # the Lightning checkpoint and the exported model both load, and agree
     a, b = vljepa.load(last), vljepa.load(tmp_path / "model")
-    visual = torch.randn(2, 49, 1280)
+    visual = torch.randn(2, 49, 320)
     ids, mask = a.tokenize_queries(["what shape?", "what color?"])
     assert torch.equal(a(visual, ids, mask), b(visual, ids, mask))
     # frozen encoders are not copied into the checkpoint
@@ -91,7 +91,7 @@ def test_warm_cache_skips_the_x_encoder(tmp_path, cache_dir, model):
     assert warm.cache.computed == 0
     assert len(warm.train_set) + len(warm.val_set) == 300
     batch = warm.train_set.__getitems__([0, 1, 2])
-    assert batch["visual"].shape == (3, 49, 1280) and len(batch["answer"]) == 3
+    assert batch["visual"].shape == (3, 49, 320) and len(batch["answer"]) == 3
 
 
 def test_cache_key_covers_encoder_preprocessing_and_content(tmp_path, easy_vqa_test_image):

