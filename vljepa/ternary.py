@@ -252,6 +252,9 @@ def quantize(fp_model: nn.Module) -> nn.Module:
 
     from .model import VLJEPA
 
+    if fp_model.config.predictor.quant != "none":
+        raise ValueError(f"quantize takes a predictor.quant='none' model, got "
+                         f"{fp_model.config.predictor.quant!r}")
     cfg = dataclasses.replace(fp_model.config, predictor=dataclasses.replace(
         fp_model.config.predictor, quant="ternary"))
     return init_from_full_precision(VLJEPA(cfg), fp_model).to(fp_model.device)
