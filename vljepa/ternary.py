@@ -29,6 +29,9 @@ from torch import nn
 
 EPS = 1e-5  # floor for the weight and activation scales: an all-zero tensor stays zero
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+# byte -> its four weights as floats: one gather unpacks a layer in the inference path. Code 3
+# maps to 2.0, never produced by pack_ternary and rejected by unpack_ternary when loading.
+_LUT = ((torch.arange(256, dtype=torch.uint8).unsqueeze(1) >> _SHIFTS) & 3).float() - 1
 
 
 # ---- quantisers (plain functions so tests and the packed path share them) ----
@@ -122,9 +125,10 @@ class BitLinear(nn.Linear):
 
     def dequantized_weight(self) -> torch.Tensor:
         """(out, in) fp32: codes x scale, from either state (gradient straight through if latent)."""
-        if self.packed:
-            codes = unpack_ternary(self.weight_packed, self.weight_shape, "weight_packed")
-            return codes.float() * self.weight_scale
+        if self.packed:  # bytes validated on load (check_packed_state); gather, drop the padding
+            lut = _LUT.to(self.weight_packed.device)
+            codes = lut.index_select(0, self.weight_packed.int()).view(-1)
+            return codes[:math.prod(self.weight_shape)].view(self.weight_shape) * self.weight_scale
         codes, scale = ternary_weight(self.weight)
         return _ste(self.weight, codes.float() * scale)
 
@@ -291,3 +295,22 @@ def check_packed_state(model: nn.Module, state: dict[str, torch.Tensor], source:
                 unpack_ternary(state[key], m.weight_shape, key)
             except ValueError as e:
                 raise ValueError(f"{source}: {e}") from None
+
+
+def main(argv=None) -> None:
+    """``python -m vljepa.ternary SRC DST``: post-training quantisation of a saved
+    full-precision model directory (or Lightning .ckpt) into a packed ternary model directory."""
+    import argparse
+
+    from .factory import load
+
+    ap = argparse.ArgumentParser(prog="python -m vljepa.ternary", description=main.__doc__)
+    ap.add_argument("src", help="full-precision model directory or .ckpt")
+    ap.add_argument("dst", help="output directory (config.json + packed model.safetensors)")
+    args = ap.parse_args(argv)
+    quantize(load(args.src)).save_pretrained(args.dst)
+    print(f"wrote {args.dst}")
+
+
+if __name__ == "__main__":
+    main()
