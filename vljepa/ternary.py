@@ -296,21 +296,3 @@ def check_packed_state(model: nn.Module, state: dict[str, torch.Tensor], source:
             except ValueError as e:
                 raise ValueError(f"{source}: {e}") from None
 
-
-def main(argv=None) -> None:
-    """``python -m vljepa.ternary SRC DST``: post-training quantisation of a saved
-    full-precision model directory (or Lightning .ckpt) into a packed ternary model directory."""
-    import argparse
-
-    from .factory import load
-
-    ap = argparse.ArgumentParser(prog="python -m vljepa.ternary", description=main.__doc__)
-    ap.add_argument("src", help="full-precision model directory or .ckpt")
-    ap.add_argument("dst", help="output directory (config.json + packed model.safetensors)")
-    args = ap.parse_args(argv)
-    quantize(load(args.src)).save_pretrained(args.dst)
-    print(f"wrote {args.dst}")
-
-
-if __name__ == "__main__":
-    main()
