@@ -154,3 +154,45 @@ def test_quantize_converts_a_full_precision_model(model):
 def test_unknown_quant_mode_is_an_error():
     with pytest.raises(ValueError, match="predictor.quant must be one of"):
         vljepa.create_model({"predictor": {**TINY_PREDICTOR, "quant": "int4"}})
+
+
+def test_a_ternary_predictor_learns_from_scratch_with_qat():
+    torch.manual_seed(0)
+    m = vljepa.create_model({"predictor": TERNARY}).train()
+    visual = torch.randn(16, 49, 1280)
+    ids, mask = m.tokenize_queries(["what color is the shape?"] * 16)
+    answers = ["red", "blue", "green", "yellow"] * 4
+    target_ids = torch.arange(16) % 4
+    opt = torch.optim.AdamW(m.param_groups(3e-3, 0.0))
+
+    def loss():
+        return m.loss(m(visual, ids, mask), m.target_embed(answers), target_ids)
+
+    first = loss().item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * first
+
+
+def test_experiment_config_selects_the_ternary_predictor():
+    from conftest import compose
+    cfg = compose(["experiment=ternary"])
+    assert cfg.model.config.predictor.quant == "ternary"
+    assert cfg.init_from is None
+
+
+@pytest.mark.slow
+def test_train_py_qat_fine_tune_from_a_full_precision_export(tmp_path, cache_dir):
+    from conftest import compose, tiny_overrides
+    from train import train
+
+    fp_dir = tmp_path / "fp"
+    train(compose(tiny_overrides(fp_dir, cache_dir)))
+    metrics = train(compose(tiny_overrides(tmp_path / "qat", cache_dir)
+                            + ["model.config.predictor.quant=ternary", f"init_from={fp_dir / 'model'}"]))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    loaded = vljepa.load(tmp_path / "qat" / "model")
+    assert loaded.config.predictor.quant == "ternary"
+    assert all(b.packed for b in T.bit_linears(loaded).values())
