@@ -22,11 +22,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def init_weights(model, source: str) -> None:
+    """Copy a saved model's trained weights into ``model``: same config, or a full-precision
+    model into a ternary one (a QAT fine-tune, vljepa.ternary.init_from_full_precision)."""
+    import vljepa
+    from vljepa.factory import check_config, load_trained_weights, trained_state_dict
+    from vljepa.ternary import init_from_full_precision
+
+    src = vljepa.load(source)
+    if model.config.predictor.quant == "ternary" and src.config.predictor.quant == "none":
+        init_from_full_precision(model, src)
+    else:
+        check_config(model.config, src.config, source)
+        if src.config.predictor.quant == "ternary":
+            raise ValueError(f"{source} is a packed ternary export (inference only); to continue "
+                             "training use its Lightning checkpoint: ckpt_path=...ckpt")
+        load_trained_weights(model, trained_state_dict(src), source)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test and export one run. Returns the test metrics (empty when ``cfg.test`` is off)."""
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model, _convert_="all")
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from)
     module = instantiate(cfg.module, model=model)
     data = instantiate(cfg.data, model=model)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]

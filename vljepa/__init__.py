@@ -5,12 +5,14 @@ and serve on an ordinary CPU.
     model = vljepa.create_model()                 # offline default encoders, untrained predictor
     model = vljepa.load("checkpoints/<run>/model")  # a trained model, in eval mode
     answers, scores = model.answer(images, questions, candidates)
+    vljepa.quantize(model).save_pretrained("out")  # ternary (BitNet b1.58), packed 2-bit
 """
 from .config import LossConfig, ModelConfig, PredictorConfig, XEncoderConfig, YEncoderConfig
 from .factory import create_model, load, save_pretrained
 from .model import VLJEPA
+from .ternary import quantize
 
 __version__ = "0.1.0"
 
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
-           "LossConfig", "create_model", "load", "save_pretrained", "__version__"]
+           "LossConfig", "create_model", "load", "save_pretrained", "quantize", "__version__"]

@@ -61,6 +61,10 @@ class PredictorConfig:
     # Average-pool the visual token grid by this factor before the predictor (1: keep all tokens).
     # Attention cost grows with the square of the token count; a small grid keeps CPU training fast.
     visual_pool: int = 1
+    # "none": full precision. "ternary": BitNet b1.58 linear layers (weights in {-1, 0, +1} x a
+    # per-tensor scale, 8-bit activations) in the transformer blocks and input projections,
+    # saved packed at 2 bits per weight; see vljepa/ternary.py.
+    quant: str = "none"
 
 
 @dataclass

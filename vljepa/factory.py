@@ -17,6 +17,7 @@ import torch
 
 from .config import ModelConfig, config_diff
 from .model import VLJEPA
+from .ternary import check_packed_state, export_state_dict, to_packed
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,14 +57,22 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_pretrained(model: VLJEPA, directory: str | os.PathLike) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed)."""
+    """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed).
+
+    A ternary model (``predictor.quant="ternary"``) is written packed: 2 bits per BitLinear
+    weight plus a scale, its other predictor tensors in float16 (see
+    :func:`vljepa.ternary.export_state_dict`). The model itself is left as it is.
+    """
     from safetensors.torch import save_file
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     meta = {"model": model.config.to_dict(), "x_encoder_fingerprint": model.x_encoder.fingerprint,
             "format": "vljepa/1"}
-    _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(trained_state_dict(model), p))
+    state = trained_state_dict(model)
+    if model.config.predictor.quant == "ternary":
+        state = export_state_dict(model, state)
+    _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(state, p))
     _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return d
 
@@ -95,7 +104,9 @@ def check_config(expected: ModelConfig | dict, found: ModelConfig | dict, source
 
 def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
     """Load a model saved by :func:`save_pretrained` (a directory) or a Lightning ``.ckpt`` from
-    ``train.py``. Returns it in eval mode.
+    ``train.py``. Returns it in eval mode. A ternary model from a directory stays packed in
+    memory (2 bits per weight; each layer is unpacked on the fly), so it serves but cannot train;
+    a ternary ``.ckpt`` loads in its trainable (latent, fp32) state.
 
     Raises:
         FileNotFoundError: the directory or a file in it is missing (names which).
@@ -121,6 +132,9 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
             f"the one {str(path)!r} was trained with (fingerprint {meta['x_encoder_fingerprint']}):"
             " its weights, version or preprocessing differ")
     state = load_file(str(path / WEIGHTS_NAME), device=map_location)
+    if model.config.predictor.quant == "ternary":
+        to_packed(model.predictor)  # drop the fp32 latent weights before the packed ones arrive
+        check_packed_state(model, state, str(path / WEIGHTS_NAME))
     return load_trained_weights(model, state, str(path / WEIGHTS_NAME)).to(map_location).eval()
 
 

@@ -12,13 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PredictorConfig
+from .ternary import BitLinear, TernaryEncoder
+
+QUANT_MODES = ("none", "ternary")
 
 
 class Predictor(nn.Module):
     """Bidirectional transformer predictor.
 
     Args:
-        cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling).
+        cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling)
+            and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
+            but the head becomes a :class:`~vljepa.ternary.BitLinear`, each after a norm).
         visual_dim: Dx, the X-encoder's token width.
         num_visual_tokens: N, the X-encoder's token count (before pooling).
         grid: the (h, w) token grid of a CNN X-encoder, needed for ``cfg.visual_pool > 1``.
@@ -29,6 +34,8 @@ class Predictor(nn.Module):
     def __init__(self, cfg: PredictorConfig, visual_dim: int, num_visual_tokens: int,
                  grid: tuple[int, int] | None, query_dim: int, embed_dim: int):
         super().__init__()
+        if cfg.quant not in QUANT_MODES:
+            raise ValueError(f"predictor.quant must be one of {QUANT_MODES}, got {cfg.quant!r}")
         self.cfg = cfg
         self.grid = grid
         if cfg.visual_pool > 1:
@@ -37,18 +44,25 @@ class Predictor(nn.Module):
             h, w = (-(-g // cfg.visual_pool) for g in grid)  # ceil mode
             num_visual_tokens = h * w
         W = cfg.width
-        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, W))
-        self.query_proj = nn.Sequential(nn.LayerNorm(query_dim), nn.Linear(query_dim, W))
+        # The input projections are quantised too (they hold a quarter of the weights); their
+        # LayerNorm is the norm BitNet puts before each quantised input.
+        Lin = BitLinear if cfg.quant == "ternary" else nn.Linear
+        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), Lin(visual_dim, W))
+        self.query_proj = nn.Sequential(nn.LayerNorm(query_dim), Lin(query_dim, W))
         self.visual_pos = nn.Parameter(torch.zeros(1, num_visual_tokens, W))
         self.query_pos = nn.Parameter(torch.zeros(1, cfg.max_query_len, W))
         nn.init.trunc_normal_(self.visual_pos, std=0.02)
         nn.init.trunc_normal_(self.query_pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            W, cfg.heads, int(W * cfg.mlp_ratio), cfg.dropout, activation="gelu",
-            batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(W),
-                                            enable_nested_tensor=False)
-        self.head = nn.Linear(W, embed_dim)
+        if cfg.quant == "ternary":
+            self.blocks = TernaryEncoder(W, cfg.heads, int(W * cfg.mlp_ratio), cfg.dropout,
+                                         cfg.depth)
+        else:
+            layer = nn.TransformerEncoderLayer(
+                W, cfg.heads, int(W * cfg.mlp_ratio), cfg.dropout, activation="gelu",
+                batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(W),
+                                                enable_nested_tensor=False)
+        self.head = nn.Linear(W, embed_dim)  # the output head stays full precision, as in BitNet
 
     def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
         """(B, N, Dx) -> (B, N', Dx), average-pooling the token grid by ``cfg.visual_pool``."""
