@@ -32,6 +32,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    if cfg.get("init_from"):  # start from another run's trained weights (e.g. stage 1 -> 2)
+        from vljepa.factory import load_weights_into
+        load_weights_into(model, cfg.init_from)
 
     trainer.fit(module, datamodule=data, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
@@ -41,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=data, ckpt_path=best or None)
         metrics = {k: float(v) for k, v in results[0].items()}
     if trainer.is_global_zero:
+        model.answers = list(getattr(data, "answer_vocab", None) or []) or None
         if cfg.get("export"):
             model.save_pretrained(Path(cfg.paths.output_dir) / "model")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -6,11 +6,11 @@ and serve on an ordinary CPU.
     model = vljepa.load("checkpoints/<run>/model")  # a trained model, in eval mode
     answers, scores = model.answer(images, questions, candidates)
 """
+__version__ = "0.1.0"  # before the imports: factory reads it
+
 from .config import LossConfig, ModelConfig, PredictorConfig, XEncoderConfig, YEncoderConfig
-from .factory import create_model, load, save_pretrained
+from .factory import convert_checkpoint, create_model, load, save_pretrained
 from .model import VLJEPA
 
-__version__ = "0.1.0"
-
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
-           "LossConfig", "create_model", "load", "save_pretrained", "__version__"]
+           "LossConfig", "create_model", "load", "save_pretrained", "convert_checkpoint", "__version__"]
