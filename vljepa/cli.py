@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                         "metric, value.")
     p.add_argument("--task", nargs="+", default=["openmoji", "digits", "retrieval"],
                    choices=["openmoji", "digits", "retrieval"], help="harnesses to run")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N images of each set (a quick check)")
     p.add_argument("--cache-dir", default=None,
                    help="X-encoder feature cache (default $VLJEPA_CACHE or ~/.cache/vljepa)")
 
@@ -138,7 +140,8 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
                 for r, (p, i) in enumerate(zip(ps, ix))]
     if args.command == "eval":
         from .evaluate import evaluate
-        results = evaluate(model, args.task, args.cache_dir, progress=args.progress)
+        results = evaluate(model, args.task, args.cache_dir, limit=args.limit,
+                           progress=args.progress)
         return [{"task": t, "metric": k, "value": v} for t, m in results.items()
                 for k, v in m.items()]
     raise AssertionError(args.command)

@@ -93,21 +93,25 @@ def openmoji(split: str, image_size: int = 128, test_fraction: float = 0.2,
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-def digits(image_size: int = 64) -> datasets.Dataset:
+def digits(image_size: int = 64, per_class: int | None = None) -> datasets.Dataset:
     """scikit-learn's 1,797 handwritten digits: columns image (uint8 grayscale, dark ink on
     white like OpenMoji, nearest-upscaled to ``image_size``), label (int), caption (number
-    word)."""
+    word). ``per_class`` keeps the first n of each digit (a fixed, balanced subset)."""
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
 
     d = load_digits()
+    keep = list(range(len(d.target)))
+    if per_class is not None:
+        keep = sorted(i for c in range(10) for i in np.flatnonzero(d.target == c)[:per_class])
     images = []
-    for x in d.images:  # (8, 8) float in [0, 16], 16 = ink
+    for x in d.images[keep]:  # (8, 8) float in [0, 16], 16 = ink
         a = (255 - x * (255 / 16)).round().astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(a, "L").resize((image_size, image_size), Image.NEAREST).save(buf, "PNG")
         images.append({"bytes": buf.getvalue(), "path": None})
-    ds = datasets.Dataset.from_dict({"image": images, "label": d.target.tolist(),
-                                     "caption": [DIGIT_NAMES[t] for t in d.target]})
+    target = d.target[keep].tolist()
+    ds = datasets.Dataset.from_dict({"image": images, "label": target,
+                                     "caption": [DIGIT_NAMES[t] for t in target]})
     return ds.cast_column("image", datasets.Image(decode=False))
