@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=data, ckpt_path=best or None)
         metrics = {k: float(v) for k, v in results[0].items()}
     if trainer.is_global_zero:
+        model.answers = list(getattr(data, "answer_vocab", None) or []) or None
         if cfg.get("export"):
             model.save_pretrained(Path(cfg.paths.output_dir) / "model")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

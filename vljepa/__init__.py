@@ -7,12 +7,13 @@ and serve on an ordinary CPU.
     answers, scores = model.answer(images, questions, candidates)
     vljepa.quantize(model).save_pretrained("out")  # ternary (BitNet b1.58), packed 2-bit
 """
+__version__ = "0.1.0"  # before the imports: factory reads it
+
 from .config import LossConfig, ModelConfig, PredictorConfig, XEncoderConfig, YEncoderConfig
-from .factory import create_model, load, save_pretrained
+from .factory import convert_checkpoint, create_model, load, save_pretrained
 from .model import VLJEPA
 from .ternary import quantize
 
-__version__ = "0.1.0"
-
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
-           "LossConfig", "create_model", "load", "save_pretrained", "quantize", "__version__"]
+           "LossConfig", "create_model", "load", "save_pretrained", "convert_checkpoint",
+           "quantize", "__version__"]

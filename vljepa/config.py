@@ -52,6 +52,11 @@ class YEncoderConfig:
 class PredictorConfig:
     """The bidirectional transformer that maps [visual tokens; query tokens] to Ŝ_Y (paper §3)."""
 
+    # "transformer": the VL-JEPA predictor. "linear": the no-predictor baseline, a linear map
+    # from the X-encoder's pooled feature into the shared space that ignores the query (a
+    # CLIP-style alignment trained with the same loss); the other fields are then unused.
+    kind: str = "transformer"
+
     width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
     depth: int = 2
     heads: int = 4
@@ -83,6 +88,9 @@ class ModelConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     embed_dim: int = 256  # dimension D of the shared embedding space
+    # The query embed_image() predicts with; None: query-free, as the caption-pretrained
+    # VL-JEPA_BASE (paper §3). E.g. "what is in the image?" for a model trained only on VQA.
+    default_prompt: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +108,11 @@ class ModelConfig:
                 kwargs[key] = _build(subs[key], value, key)
             elif key == "embed_dim":
                 kwargs[key] = int(value)
+            elif key == "default_prompt":
+                if value is not None and (not isinstance(value, str) or not value.strip()):
+                    raise ValueError(f"default_prompt must be a non-empty string or None, "
+                                     f"got {value!r}")
+                kwargs[key] = value
             else:
                 raise ValueError(f"unknown model config key {key!r}")
         return cls(**kwargs)

@@ -4,9 +4,15 @@ A saved model is a directory with ``config.json`` (the :class:`ModelConfig` plus
 of the encoders it was trained with) and ``model.safetensors`` (the trained parts only: predictor,
 heads, logit scale, and the Y-encoder when it was trained). The frozen X-encoder is named by its
 config and rebuilt from its own weights, never copied.
+
+Names follow huggingface_hub's conventions (``config.json`` + ``model.safetensors``, as
+``PyTorchModelHubMixin`` writes): :func:`load` takes a local directory, a Lightning ``.ckpt``, or
+a hub repo id fetched with ``huggingface_hub.snapshot_download``, which honours
+``HF_HUB_OFFLINE=1`` (then only the local HF cache is read).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -67,14 +73,31 @@ def save_pretrained(model: VLJEPA, directory: str | os.PathLike) -> Path:
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    from . import __version__
     meta = {"model": model.config.to_dict(), "x_encoder_fingerprint": model.x_encoder.fingerprint,
-            "format": "vljepa/1"}
+            "y_encoder_fingerprint": y_encoder_fingerprint(model), "answers": model.answers,
+            "format": "vljepa/1", "vljepa_version": __version__}
     state = trained_state_dict(model)
     if model.config.predictor.quant == "ternary":
         state = export_state_dict(model, state)
     _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(state, p))
     _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     return d
+
+
+def y_encoder_fingerprint(model: VLJEPA) -> str | None:
+    """A hash of the frozen Y-encoder's identity and weights (None when it is trainable: its
+    trained weights are then in the checkpoint itself)."""
+    if model.config.y_encoder.trainable:
+        return None
+    if getattr(model.y_encoder, "_fingerprint", None) is None:
+        cfg = model.config.y_encoder
+        h = hashlib.sha256(f"{cfg.backend}|{cfg.name}|{cfg.pretrained}|{cfg.max_length}".encode())
+        for name, t in model.y_encoder.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        model.y_encoder._fingerprint = h.hexdigest()[:16]
+    return model.y_encoder._fingerprint
 
 
 def load_trained_weights(model: VLJEPA, state: dict[str, torch.Tensor], source: str) -> VLJEPA:
@@ -102,18 +125,41 @@ def check_config(expected: ModelConfig | dict, found: ModelConfig | dict, source
                          f"(this model vs checkpoint): {'; '.join(diff)}")
 
 
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local directory or ``.ckpt`` as is; otherwise a hub repo id (``owner/name``, optional
+    ``@revision``) downloaded with ``huggingface_hub.snapshot_download`` (cache only when
+    ``HF_HUB_OFFLINE=1``). Raises FileNotFoundError naming what was looked for."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix == ".ckpt" or str(name_or_path).count("/") != 1 \
+            or str(name_or_path).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    repo_id, _, revision = str(name_or_path).partition("@")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None,
+                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"]))
+    except Exception as e:  # offline, unknown repo, no network: all mean "not available here"
+        raise FileNotFoundError(
+            f"no local model directory {str(name_or_path)!r}, and it could not be fetched as a "
+            f"hub repo id ({type(e).__name__}: {e}). With HF_HUB_OFFLINE=1 only the local HF "
+            "cache is read.") from e
+
+
 def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
-    """Load a model saved by :func:`save_pretrained` (a directory) or a Lightning ``.ckpt`` from
-    ``train.py``. Returns it in eval mode. A ternary model from a directory stays packed in
-    memory (2 bits per weight; each layer is unpacked on the fly), so it serves but cannot train;
-    a ternary ``.ckpt`` loads in its trainable (latent, fp32) state.
+    """Load a model saved by :func:`save_pretrained` (a directory or hub repo id) or a Lightning
+    ``.ckpt`` from ``train.py``. Returns it in eval mode, built from the checkpoint's own config.
+    A ternary model from a directory stays packed in memory (2 bits per weight; each layer is
+    unpacked on the fly), so it serves but cannot train; a ternary ``.ckpt`` loads in its
+    trainable (latent, fp32) state.
 
     Raises:
-        FileNotFoundError: the directory or a file in it is missing (names which).
-        ValueError: the weights do not fit the config, or the X-encoder found on this machine is
-            not the one the checkpoint was trained with.
+        FileNotFoundError: the directory or a file in it is missing (names which); an encoder's
+            weights file named by the config is missing (names it).
+        ValueError: the weights do not fit the config, or the X- or Y-encoder found on this
+            machine is not the one the checkpoint was trained with (names which).
     """
-    path = Path(name_or_path)
+    path = resolve(name_or_path)
     if path.suffix == ".ckpt":
         return load_lightning_checkpoint(path, map_location)
     if not path.is_dir():
@@ -124,6 +170,8 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
     from safetensors.torch import load_file
 
     meta = json.loads((path / CONFIG_NAME).read_text())
+    if "model" not in meta:
+        raise ValueError(f"{str(path / CONFIG_NAME)!r} is not a vljepa config (no 'model' key)")
     model = VLJEPA(ModelConfig.from_dict(meta["model"]))
     found = model.x_encoder.fingerprint
     if meta.get("x_encoder_fingerprint") not in (None, found):
@@ -131,11 +179,33 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
             f"the X-encoder built here ({model.config.x_encoder.name}, fingerprint {found}) is not "
             f"the one {str(path)!r} was trained with (fingerprint {meta['x_encoder_fingerprint']}):"
             " its weights, version or preprocessing differ")
+    if meta.get("y_encoder_fingerprint") is not None:
+        found = y_encoder_fingerprint(model)
+        if found != meta["y_encoder_fingerprint"]:
+            raise ValueError(
+                f"the Y-encoder built here ({model.config.y_encoder.name}, fingerprint {found}) is "
+                f"not the one {str(path)!r} was trained with (fingerprint "
+                f"{meta['y_encoder_fingerprint']}): its weights or version differ")
     state = load_file(str(path / WEIGHTS_NAME), device=map_location)
     if model.config.predictor.quant == "ternary":
         to_packed(model.predictor)  # drop the fp32 latent weights before the packed ones arrive
         check_packed_state(model, state, str(path / WEIGHTS_NAME))
-    return load_trained_weights(model, state, str(path / WEIGHTS_NAME)).to(map_location).eval()
+    model = load_trained_weights(model, state, str(path / WEIGHTS_NAME))
+    model.answers = meta.get("answers")
+    return model.to(map_location).eval()
+
+
+def load_weights_into(model: VLJEPA, name_or_path: str | os.PathLike) -> VLJEPA:
+    """Copy a saved model's trained tensors into ``model`` (same architecture), e.g. to start
+    stage 2 from stage 1. Raises ValueError naming tensors that do not fit."""
+    source = load(name_or_path)
+    return load_trained_weights(model, trained_state_dict(source), str(name_or_path))
+
+
+def convert_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Lightning ``.ckpt`` from ``train.py`` -> a ``save_pretrained`` directory (one call;
+    also ``vljepa convert CKPT DIR``)."""
+    return save_pretrained(load_lightning_checkpoint(ckpt), directory)
 
 
 def load_lightning_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
@@ -152,4 +222,6 @@ def load_lightning_checkpoint(path: str | os.PathLike, map_location: str = "cpu"
                          "(no hyper_parameters.model_config)") from None
     model = VLJEPA(ModelConfig.from_dict(cfg))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return load_trained_weights(model, state, str(path)).to(map_location).eval()
+    model = load_trained_weights(model, state, str(path))
+    model.answers = ckpt.get("vljepa_answers")
+    return model.to(map_location).eval()

@@ -92,6 +92,11 @@ class VQADataModule(L.LightningDataModule):
         self.vocab: list[str] = []
         self.qtypes: list[str] = []
 
+    @property
+    def answer_vocab(self) -> list[str]:
+        """The answers saved with the model: ``VLJEPA.answer``'s default candidates."""
+        return self.vocab
+
     def _load(self, which: str):
         split, limit = self.splits[which]
         ds = load_vqa(split=split, max_samples=limit, **self.source_kwargs)
@@ -229,6 +234,10 @@ class LitVLJEPA(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {f"model.{k}" for k in trained_state_dict(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        answers = getattr(data, "answer_vocab", None) or self.model.answers
+        if answers:  # answer()'s default candidates travel with the checkpoint
+            checkpoint["vljepa_answers"] = list(answers)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         found = checkpoint.get("hyper_parameters", {}).get("model_config")

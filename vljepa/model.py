@@ -9,6 +9,7 @@ Y-encoder and pick the one whose S_Y is nearest (cosine) to Ŝ_Y. No tokens are 
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
@@ -19,7 +20,7 @@ from .config import ModelConfig
 from .encoders import XEncoder, YEncoder
 from .images import load_image
 from .losses import get_loss, init_logit_scale
-from .predictor import Predictor
+from .predictor import build_predictor
 
 
 def check_texts(texts: Sequence[str], what: str) -> list[str]:
@@ -47,12 +48,14 @@ class VLJEPA(nn.Module):
         self.config = config = ModelConfig.from_dict(config)
         self.x_encoder = XEncoder(config.x_encoder)
         self.y_encoder = YEncoder(config.y_encoder)
-        self.predictor = Predictor(config.predictor, self.x_encoder.dim, self.x_encoder.num_tokens,
+        self.predictor = build_predictor(config.predictor, self.x_encoder.dim, self.x_encoder.num_tokens,
                                    self.x_encoder.grid, self.y_encoder.vocab_dim, config.embed_dim)
         self.y_head = nn.Linear(self.y_encoder.dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(init_logit_scale(config.loss.temperature)),
                                         requires_grad=config.loss.learn_temperature)
         self.loss_fn = get_loss(config.loss.kind)
+        # answer()'s default candidates: the training answer vocabulary, saved with the model
+        self.answers: list[str] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -110,52 +113,218 @@ class VLJEPA(nn.Module):
         return groups
 
     # ---- user API: raw inputs in, unit vectors or answers out ----
+    # Every method takes lists of any length: they run in batches of ``batch_size``, with a tqdm
+    # progress bar when ``progress=True``. Images are PIL images, paths, bytes, numpy arrays or
+    # tensors (see :func:`vljepa.images.load_image`); a 4-D tensor (B, 3, H, W) is B images.
+
+    def _batches(self, n: int, batch_size: int, progress: bool, desc: str):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        starts = range(0, n, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc=desc, unit="batch")
+        return starts
 
     @torch.no_grad()
-    def visual_tokens(self, images: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
-        """Images (PIL, paths, arrays or tensors; see :func:`vljepa.images.load_image`) ->
-        visual tokens (B, N, Dx) float32. Runs the frozen X-encoder."""
-        images = list(images)
-        if not images:
-            raise ValueError("no images given")
+    def visual_tokens(self, images: Sequence[Any], batch_size: int = 64,
+                      progress: bool = False) -> torch.Tensor:
+        """Images -> visual tokens (B, N, Dx) float32. Runs the frozen X-encoder.
+
+        Raises ValueError for no images; see :func:`vljepa.images.load_image` for per-image errors.
+        """
+        images = _as_image_list(images)
         out = []
-        for i in range(0, len(images), batch_size):
+        for i in self._batches(len(images), batch_size, progress, "X-encoder"):
             pixels = torch.stack([self.x_encoder.transform(load_image(im))
                                   for im in images[i:i + batch_size]])
             out.append(self.x_encoder(pixels.to(self.device)))
         return torch.cat(out)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Any], queries: Sequence[str]) -> torch.Tensor:
-        """Images and one question each -> predicted answer embeddings Ŝ_Y (B, D), unit norm."""
-        queries = check_texts(queries, "questions")
-        images = list(images)
-        if len(images) != len(queries):
-            raise ValueError(f"{len(images)} images but {len(queries)} questions")
-        ids, mask = self.tokenize_queries(queries)
-        return F.normalize(self(self.visual_tokens(images), ids, mask), dim=-1)
+    def predict(self, images: Sequence[Any], queries: Sequence[str] | None,
+                batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Images and one question each -> predicted answer embeddings Ŝ_Y (B, D) float32, unit
+        norm. ``queries=None`` gives the query-free prediction (paper's VL-JEPA_BASE captioning).
+
+        Raises ValueError when the counts differ or a question is empty.
+        """
+        images = _as_image_list(images)
+        if queries is not None:
+            queries = check_texts(queries, "questions")
+            if len(images) != len(queries):
+                raise ValueError(f"{len(images)} images but {len(queries)} questions")
+        out = []
+        for i in self._batches(len(images), batch_size, progress, "predict"):
+            visual = self.visual_tokens(images[i:i + batch_size], batch_size)
+            ids = mask = None
+            if queries is not None:
+                ids, mask = self.tokenize_queries(queries[i:i + batch_size])
+            out.append(F.normalize(self(visual, ids, mask), dim=-1))
+        return torch.cat(out)
 
     @torch.no_grad()
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts -> S_Y (B, D), unit norm: the Y-encoder followed by its head."""
-        return F.normalize(self.target_embed(texts), dim=-1)
+    def embed_image(self, images: Sequence[Any], batch_size: int = 64,
+                    progress: bool = False) -> torch.Tensor:
+        """Images -> (B, D) float32 unit vectors in the shared space: the query-free prediction,
+        or the prediction for ``config.default_prompt`` when one is set (paper §3: VL-JEPA_BASE
+        embeds an image by predicting its caption's embedding)."""
+        images = _as_image_list(images)
+        return torch.cat([self.embed_visual(self.visual_tokens(images[i:i + batch_size]))
+                          for i in self._batches(len(images), batch_size, progress, "embed")])
+
+    @torch.no_grad()
+    def embed_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """Visual tokens (B, N, Dx) (e.g. from the feature cache) -> :meth:`embed_image`'s
+        (B, D) float32 unit vectors."""
+        ids = mask = None
+        if self.config.default_prompt is not None:
+            ids, mask = self.tokenize_queries([self.config.default_prompt] * len(visual))
+        return F.normalize(self(visual, ids, mask), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str], batch_size: int = 256,
+                   progress: bool = False) -> torch.Tensor:
+        """Texts -> S_Y (B, D) float32, unit norm: the Y-encoder followed by its head.
+
+        Raises TypeError for a single string or a non-string, ValueError for an empty one.
+        """
+        texts = check_texts(texts, "texts")
+        if not texts:
+            raise ValueError("no texts given")
+        return torch.cat([F.normalize(self.target_embed(texts[i:i + batch_size]), dim=-1)
+                          for i in self._batches(len(texts), batch_size, progress, "Y-encoder")])
+
+    # CLIP-style aliases, so open_clip harnesses (model.encode_image / encode_text) run unchanged
+    def encode_image(self, images: Sequence[Any], normalize: bool = True, **kw) -> torch.Tensor:
+        """Alias of :meth:`embed_image` (always unit norm; ``normalize`` is accepted for
+        open_clip compatibility)."""
+        return self.embed_image(images, **kw)
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True, **kw) -> torch.Tensor:
+        """Alias of :meth:`embed_text`."""
+        return self.embed_text(texts, **kw)
 
     @torch.no_grad()
     def answer(self, images: Sequence[Any], questions: Sequence[str],
-               candidates: Sequence[str]) -> tuple[list[str], torch.Tensor]:
-        """Answer each question by the nearest candidate text in the shared space.
+               candidates: Sequence[str] | None = None, batch_size: int = 64,
+               progress: bool = False) -> tuple[list[str], torch.Tensor]:
+        """Answer each question by the nearest candidate text in the shared space (paper §3).
 
+        Args:
+            candidates: the answers to choose from; None uses the answer vocabulary saved with
+                the model (``self.answers``, the training answers).
         Returns:
-            (answers: B strings, scores: (B,) float32 cosine similarity of the chosen answer).
+            (B answer strings, (B,) float32 cosine similarity of each chosen answer).
+        Raises:
+            ValueError: no candidates given and none saved with the model.
         """
+        if candidates is None:
+            if not self.answers:
+                raise ValueError("no candidates given and this model has no saved answer "
+                                 "vocabulary; pass candidates=[...]")
+            candidates = self.answers
         candidates = check_texts(candidates, "candidates")
         if not candidates:
             raise ValueError("no candidate answers given")
-        sims = self.predict(images, questions) @ self.embed_text(candidates).T  # (B, C)
+        sims = (self.predict(images, questions, batch_size, progress)
+                @ self.embed_text(candidates).T)  # (B, C)
         scores, idx = sims.max(1)
         return [candidates[i] for i in idx.tolist()], scores
+
+    @torch.no_grad()
+    def text_classifier(self, labels: Sequence[str],
+                        templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Zero-shot classifier weights (C, D), unit norm: for each label the mean of its
+        templated text embeddings, renormalised (open_clip's ``build_zero_shot_classifier``).
+        Templates contain ``{}`` (e.g. ``"an emoji of {}"``); None uses the bare label."""
+        labels = check_texts(labels, "labels")
+        if not labels:
+            raise ValueError("no labels given")
+        templates = check_texts(templates or ["{}"], "templates")
+        if any("{}" not in t for t in templates):
+            raise ValueError(f"every template needs a '{{}}' slot, got {templates}")
+        emb = self.embed_text([t.format(c) for c in labels for t in templates])
+        emb = emb.view(len(labels), len(templates), -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[Any], labels: Sequence[str],
+                 templates: Sequence[str] | None = None, batch_size: int = 64,
+                 progress: bool = False) -> torch.Tensor:
+        """Zero-shot classification: (B, C) float32 probabilities, rows summing to 1, from
+        ``softmax(logit_scale * embed_image @ text_classifier.T)`` as in CLIP."""
+        weights = self.text_classifier(labels, templates)
+        z = self.embed_image(images, batch_size, progress)
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        return (scale * z @ weights.T).softmax(-1)
+
+    @torch.no_grad()
+    def embed(self, items: Any, kind: str | None = None, **kw) -> torch.Tensor:
+        """Embed a list of texts or images, or pass through precomputed (B, D) embeddings.
+
+        ``kind`` is "text", "image" or None (auto: strings are texts; a string naming an
+        existing file is ambiguous and raises ValueError asking for ``kind``).
+        """
+        if isinstance(items, torch.Tensor) and items.ndim == 2 and items.is_floating_point():
+            if items.shape[1] != self.config.embed_dim:
+                raise ValueError(f"embeddings have width {items.shape[1]}, the model's is "
+                                 f"{self.config.embed_dim}")
+            return F.normalize(items.float().to(self.device), dim=-1)
+        if kind is None:
+            items = items if isinstance(items, torch.Tensor) else list(items)
+            if not isinstance(items, torch.Tensor) and items and all(isinstance(x, str) for x in items):
+                if any(os.path.isfile(x) for x in items):
+                    raise ValueError("these strings include file paths: pass kind='image' (or "
+                                     "kind='text' if they are texts)")
+                kind = "text"
+            else:
+                kind = "image"
+        if kind == "text":
+            return self.embed_text(items, **kw)
+        if kind == "image":
+            return self.embed_image(items, **kw)
+        raise ValueError(f"kind must be 'text', 'image' or None, got {kind!r}")
+
+    @torch.no_grad()
+    def retrieve(self, queries: Any, gallery: Any, k: int = 5, query_kind: str | None = None,
+                 gallery_kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k gallery items for each query by cosine similarity, in either direction
+        (text -> image, image -> text, or same-modality). Queries and gallery are lists of
+        texts or images, or (B, D) embeddings (see :meth:`embed` for ``*_kind``).
+
+        Returns:
+            (indices (Q, k) int64 into the gallery, scores (Q, k) float32 cosines), best first.
+        Raises:
+            ValueError: k < 1 (k larger than the gallery is clipped to its size).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = self.embed(queries, query_kind)
+        g = self.embed(gallery, gallery_kind)
+        scores, idx = (q @ g.T).topk(min(k, len(g)), dim=1)
+        return idx, scores
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors``; see :func:`vljepa.save_pretrained`."""
         from .factory import save_pretrained
         save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kw) -> "VLJEPA":
+        """Alias of :func:`vljepa.load` (a local directory, a ``.ckpt`` or a hub repo id)."""
+        from .factory import load
+        return load(name_or_path, **kw)
+
+
+def _as_image_list(images: Any) -> list:
+    """A list of images from a list/tuple, or a 4-D tensor / array (B, C, H, W) / (B, H, W, C)."""
+    from PIL import Image
+    if isinstance(images, (str, os.PathLike, bytes, Image.Image, dict)) or (
+            hasattr(images, "ndim") and images.ndim == 3):
+        raise TypeError("images must be a list (or a 4-D batch), got a single image; "
+                        "wrap it in a list")
+    out = list(images)
+    if not out:
+        raise ValueError("no images given")
+    return out

@@ -104,3 +104,31 @@ class Predictor(nn.Module):
         w = keep.unsqueeze(-1).to(x.dtype)
         pooled = (x * w).sum(1) / w.sum(1)  # mean over non-pad tokens, (B, W)
         return self.head(pooled)  # (B, D)
+
+
+class LinearPredictor(nn.Module):
+    """The no-predictor baseline: Ŝ_Y = W · mean(visual tokens) + b, ignoring any query.
+
+    With the mean over tokens being the X-encoder's own global average pool, this is a CLIP-style
+    linear alignment of the frozen image feature to the text space; trained with the same loss
+    and data it shows what the predictor adds.
+    """
+
+    def __init__(self, visual_dim: int, embed_dim: int):
+        super().__init__()
+        self.head = nn.Linear(visual_dim, embed_dim)
+
+    def forward(self, visual: torch.Tensor, query: torch.Tensor | None = None,
+                query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual (B, N, Dx) -> (B, D); ``query`` and ``query_mask`` are ignored."""
+        return self.head(visual.mean(1))
+
+
+def build_predictor(cfg: PredictorConfig, visual_dim: int, num_visual_tokens: int,
+                    grid: tuple[int, int] | None, query_dim: int, embed_dim: int) -> nn.Module:
+    """The predictor named by ``cfg.kind``: "transformer" (VL-JEPA) or "linear" (baseline)."""
+    if cfg.kind == "transformer":
+        return Predictor(cfg, visual_dim, num_visual_tokens, grid, query_dim, embed_dim)
+    if cfg.kind == "linear":
+        return LinearPredictor(visual_dim, embed_dim)
+    raise ValueError(f"unknown predictor kind {cfg.kind!r}; use 'transformer' or 'linear'")

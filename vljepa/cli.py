@@ -1,0 +1,163 @@
+"""The ``vljepa`` command line: embed, answer, classify, eval, convert.
+
+    vljepa embed    -m MODEL --image a.png b.png            # or --text "a red circle" ...
+    vljepa answer   -m MODEL --image a.png --question "what color is the shape?"
+    vljepa classify -m MODEL --image a.png --labels "red apple" "grinning face"
+    vljepa eval     -m MODEL --task openmoji digits retrieval
+    vljepa convert  checkpoints/<run>/checkpoints/last.ckpt checkpoints/<run>/model
+
+MODEL is a saved model directory, a Lightning .ckpt or a hub repo id (``$VLJEPA_MODEL`` when
+-m is not given). Results go to stdout (or -o FILE) as JSON (default) or CSV (--format csv).
+Errors print one line "vljepa: error: ..." and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vljepa", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("-m", "--model", default=os.environ.get("VLJEPA_MODEL"),
+                       help="model directory, Lightning .ckpt or hub repo id "
+                            "(default: $VLJEPA_MODEL)")
+        p.add_argument("--format", choices=("json", "csv"), default="json",
+                       help="output format (default json)")
+        p.add_argument("-o", "--output", default=None, help="write to this file, not stdout")
+        p.add_argument("--batch-size", type=int, default=32, help="images per batch")
+        p.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+        return p
+
+    p = command("embed", "Embed images (embed_image) or texts (embed_text) as unit vectors "
+                         "in the shared space; one row per input: input, then D numbers.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--image", nargs="+", help="image files")
+    g.add_argument("--text", nargs="+", help="texts")
+    p.add_argument("--question", default=None,
+                   help="with --image: embed the predicted answer to this question instead")
+
+    p = command("answer", "Answer questions about images by the nearest candidate answer; one "
+                          "row per image: image, question, answer, score (cosine).")
+    p.add_argument("--image", nargs="+", required=True, help="image files")
+    p.add_argument("--question", nargs="+", required=True,
+                   help="one question for all images, or one per image")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="candidate answers (default: the vocabulary saved with the model)")
+
+    p = command("classify", "Zero-shot classification; rows: image, rank, label, probability "
+                            "for the top-k labels of each image.")
+    p.add_argument("--image", nargs="+", required=True, help="image files")
+    p.add_argument("--labels", nargs="+", required=True, help="class names")
+    p.add_argument("--template", nargs="+", default=None,
+                   help="templates with {} for the label, averaged (default: the bare label)")
+    p.add_argument("--top-k", type=int, default=5, help="labels reported per image (default 5)")
+
+    p = command("eval", "Zero-shot top-1/top-5 on held-out OpenMoji emoji and sklearn digits, "
+                        "and image<->text retrieval R@1/5/10 on held-out emoji; rows: task, "
+                        "metric, value.")
+    p.add_argument("--task", nargs="+", default=["openmoji", "digits", "retrieval"],
+                   choices=["openmoji", "digits", "retrieval"], help="harnesses to run")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N images of each set (a quick check)")
+    p.add_argument("--cache-dir", default=None,
+                   help="X-encoder feature cache (default $VLJEPA_CACHE or ~/.cache/vljepa)")
+
+    p = sub.add_parser("convert", help="Convert a train.py Lightning checkpoint to a model "
+                                       "directory (config.json + model.safetensors).")
+    p.add_argument("checkpoint", help="the .ckpt file")
+    p.add_argument("output_dir", help="directory to write")
+    return ap
+
+
+def _write(rows: list[dict[str, Any]], fmt: str, output: str | None) -> None:
+    if fmt == "json":
+        text = json.dumps(rows, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if output:
+        from .factory import _atomic_write
+        from pathlib import Path
+        _atomic_write(Path(output), lambda p: Path(p).write_text(text))
+    else:
+        sys.stdout.write(text)
+
+
+def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    import vljepa
+
+    if args.command == "convert":
+        out = vljepa.convert_checkpoint(args.checkpoint, args.output_dir)
+        print(f"wrote {out}", file=sys.stderr)
+        return None
+    if not args.model:
+        raise ValueError("no model given: pass -m MODEL or set $VLJEPA_MODEL")
+    model = vljepa.load(args.model)
+    kw = {"batch_size": args.batch_size, "progress": args.progress}
+    if args.command == "embed":
+        if args.text:
+            emb, inputs = model.embed_text(args.text, **kw), args.text
+        elif args.question:
+            emb = model.predict(args.image, [args.question] * len(args.image), **kw)
+            inputs = args.image
+        else:
+            emb, inputs = model.embed_image(args.image, **kw), args.image
+        if args.format == "json":
+            return [{"input": x, "embedding": [round(v, 6) for v in e]}
+                    for x, e in zip(inputs, emb.tolist())]
+        return [{"input": x, **{f"e{i}": round(v, 6) for i, v in enumerate(e)}}
+                for x, e in zip(inputs, emb.tolist())]
+    if args.command == "answer":
+        questions = args.question
+        if len(questions) == 1:
+            questions = questions * len(args.image)
+        elif len(questions) != len(args.image):
+            raise ValueError(f"{len(args.image)} images but {len(questions)} questions: give one "
+                             "question for all, or one per image")
+        answers, scores = model.answer(args.image, questions, args.candidates, **kw)
+        return [{"image": im, "question": q, "answer": a, "score": round(float(s), 6)}
+                for im, q, a, s in zip(args.image, questions, answers, scores)]
+    if args.command == "classify":
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        probs = model.classify(args.image, args.labels, args.template, **kw)
+        top = probs.topk(min(args.top_k, len(args.labels)), dim=1)
+        return [{"image": im, "rank": r + 1, "label": args.labels[i], "probability": round(p, 6)}
+                for im, ps, ix in zip(args.image, top.values.tolist(), top.indices.tolist())
+                for r, (p, i) in enumerate(zip(ps, ix))]
+    if args.command == "eval":
+        from .evaluate import evaluate
+        results = evaluate(model, args.task, args.cache_dir, limit=args.limit,
+                           progress=args.progress)
+        return [{"task": t, "metric": k, "value": v} for t, m in results.items()
+                for k, v in m.items()]
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        rows = _run(args)
+    except (FileNotFoundError, ValueError, TypeError, ImportError, KeyError, RuntimeError) as e:
+        print(f"vljepa: error: {e}", file=sys.stderr)
+        return 2
+    if rows is not None:
+        _write(rows, args.format, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
