@@ -1,6 +1,6 @@
 """CPU latency of embed_image and answer, per image / per question, at batch 1 and 32.
 
-    python eval/bench.py checkpoints/vljepa-openmoji-easyvqa [--threads 2] [--repeats 3]
+    python eval/bench.py checkpoints/vljepa-easyvqa-lite0 [--threads 2] [--repeats 3]
 
 Full path from an image file: decode, preprocess, X-encoder, predictor (and, for answer, the
 candidate embeddings, memoised after the first call, as in serving). Reports the median of

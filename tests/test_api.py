@@ -30,7 +30,8 @@ def test_save_load_round_trip_is_identical(model, saved, easy_vqa_test_image):
     assert meta["answers"] == ["red", "blue", "circle"] and meta["y_encoder_fingerprint"]
     im = [easy_vqa_test_image] * 2
     assert torch.equal(model.embed_image(im), loaded.embed_image(im))
-    assert torch.equal(model.embed_text(["red"]), loaded.embed_text(["red"]))
+    # a text neither model has memoised: memoised embeddings depend on their first batch (padding)
+    assert torch.equal(model.embed_text(["a magenta hexagon"]), loaded.embed_text(["a magenta hexagon"]))
     assert torch.equal(model.classify(im, ["red", "blue"]), loaded.classify(im, ["red", "blue"]))
     assert loaded.answer(im, ["what color?"] * 2)[0] == \
         model.answer(im, ["what color?"] * 2, ["red", "blue", "circle"])[0]
@@ -131,7 +132,7 @@ def test_caption_rows_are_query_free(model):
     from vljepa.lit_captions import CaptionFeatures, MixedFeatures
     from vljepa.lit import VQAFeatures
     torch.manual_seed(0)
-    feats = torch.randn(3, 49, 1280).half()
+    feats = torch.randn(3, 49, 320).half()
     cap = CaptionFeatures(feats, torch.tensor([3, 4, 5]), ["a", "b", "c", "x", "y", "z"],
                           ["{}", "an emoji of {}"], qtype_id=1)
     ids, mask = model.tokenize_queries(["what color?", "is it a circle?"])
@@ -159,7 +160,7 @@ def test_openmoji_splits_are_disjoint_by_emoji():
 
 def test_linear_baseline_ignores_the_query():
     m = vljepa.create_model({"predictor": {**TINY_PREDICTOR, "kind": "linear"}})
-    visual = torch.randn(2, 49, 1280)
+    visual = torch.randn(2, 49, 320)
     ids, mask = m.tokenize_queries(["what color?", "what shape?"])
     with torch.no_grad():
         assert torch.equal(m(visual, ids, mask), m(visual))

@@ -25,7 +25,7 @@ def test_output_shapes(model, easy_vqa_test_image):
 
 def test_visual_pool_shrinks_the_token_grid(model):
     x = torch.randn(2, 49, 320)
-    assert model.predictor.pool_visual(x).shape == (2, 16, 1280)  # 7x7 -> 4x4 (ceil)
+    assert model.predictor.pool_visual(x).shape == (2, 16, 320)  # 7x7 -> 4x4 (ceil)
 
 
 def test_frozen_encoders_get_no_gradient_and_stay_in_eval_mode(model):

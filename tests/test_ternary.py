@@ -97,7 +97,7 @@ def ternary_model():
 def _inputs(model):
     torch.manual_seed(1)
     ids, mask = model.tokenize_queries(["what color is the shape?", "is there a circle?"])
-    return torch.randn(2, 49, 1280), ids, mask
+    return torch.randn(2, 49, 320), ids, mask
 
 
 def test_ternary_checkpoint_saves_packed_and_loads_with_identical_outputs(ternary_model, tmp_path):
@@ -159,7 +159,7 @@ def test_unknown_quant_mode_is_an_error():
 def test_a_ternary_predictor_learns_from_scratch_with_qat():
     torch.manual_seed(0)
     m = vljepa.create_model({"predictor": TERNARY}).train()
-    visual = torch.randn(16, 49, 1280)
+    visual = torch.randn(16, 49, 320)
     ids, mask = m.tokenize_queries(["what color is the shape?"] * 16)
     answers = ["red", "blue", "green", "yellow"] * 4
     target_ids = torch.arange(16) % 4

@@ -53,6 +53,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write via a temporary file in the same directory, then rename: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; saved models are ordinary files
     try:
         write(tmp)
         os.replace(tmp, path)
