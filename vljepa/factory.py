@@ -198,13 +198,6 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
     return model.to(map_location).eval()
 
 
-def load_weights_into(model: VLJEPA, name_or_path: str | os.PathLike) -> VLJEPA:
-    """Copy a saved model's trained tensors into ``model`` (same architecture), e.g. to start
-    stage 2 from stage 1. Raises ValueError naming tensors that do not fit."""
-    source = load(name_or_path)
-    return load_trained_weights(model, trained_state_dict(source), str(name_or_path))
-
-
 def convert_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike) -> Path:
     """Lightning ``.ckpt`` from ``train.py`` -> a ``save_pretrained`` directory (one call;
     also ``vljepa convert CKPT DIR``)."""
