@@ -82,7 +82,7 @@ def test_lightning_checkpoint_converts_in_one_call(model, tmp_path, easy_vqa_tes
 def test_every_image_input_type_gives_the_same_embedding(model, easy_vqa_test_image):
     path = easy_vqa_test_image
     pil = Image.open(path).convert("RGB")
-    arr = np.asarray(pil)  # (H, W, 3) uint8
+    arr = np.array(pil)  # (H, W, 3) uint8, writable
     chw = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W) uint8
     inputs = [path, Path(path), pil, Path(path).read_bytes(), arr, arr / 255.0, chw,
               chw.float() / 255, {"bytes": None, "path": path}]
