@@ -1,5 +1,6 @@
 """The embedding API, self-describing checkpoints and the caption data."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def test_save_load_round_trip_is_identical(model, saved, easy_vqa_test_image):
     assert loaded.answer(im, ["what color?"] * 2)[0] == \
         model.answer(im, ["what color?"] * 2, ["red", "blue", "circle"])[0]
     assert vljepa.VLJEPA.from_pretrained(saved).answers == ["red", "blue", "circle"]
+
+
+def test_saved_files_are_ordinary_readable_files(saved):
+    # written through a 0600 temp file and renamed; others must still be able to read a model
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "model.safetensors"):
+        assert (saved / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not [p.name for p in saved.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
 def _copy_with(saved: Path, tmp_path: Path, edit) -> Path:

@@ -55,9 +55,10 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; saved models are ordinary files
     try:
         write(tmp)
+        # mkstemp makes 0600 (and safetensors may recreate the file): saved models are ordinary files
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
