@@ -5,6 +5,8 @@
 
 For each saved model directory it reports:
   - easy-VQA test accuracy (eval/vqa.py, in a subprocess);
+  - zero-shot top-1 / top-5 over the 293 held-out OpenMoji emoji (vljepa.evaluate, in a
+    subprocess; meaningful for caption-trained models, e.g. experiment=openmoji_stage2);
   - predictor size: bytes of the ``predictor.*`` tensors in model.safetensors, and the file size;
   - resident predictor bytes once loaded (parameters + buffers: a ternary model stays packed);
   - peak RSS (MiB) of a fresh process that loads the model and answers batch-1 and batch-32
@@ -85,16 +87,26 @@ def accuracy(model_dir: str) -> dict:
     return json.loads(res.stdout[res.stdout.index("{"):])
 
 
+def zero_shot_emoji(model_dir: str) -> dict:
+    code = ("import json, sys, vljepa; from vljepa.evaluate import evaluate; "
+            "print(json.dumps(evaluate(vljepa.load(sys.argv[1]), tasks=['openmoji'])['openmoji']))")
+    res = subprocess.run([sys.executable, "-c", code, model_dir], capture_output=True, text=True,
+                         check=True)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"emoji_top1": r["top1"], "emoji_top5": r["top5"]}
+
+
 def table(rows: dict[str, dict], base: str) -> str:
     b = rows[base]
-    head = ["model", "easy-VQA acc", "predictor tensors", "vs " + base, "model.safetensors",
+    head = ["model", "easy-VQA acc", "emoji top-1", "emoji top-5", "predictor tensors", "vs " + base, "model.safetensors",
             "predictor resident", "peak RSS", "answer b1", "answer b32", "predictor b1",
             "predictor b32"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         acc = f"{100 * r['test/acc']:.2f}%" if "test/acc" in r else "n/a"
+        emoji = [f"{r[k]:.1f}%" if k in r else "n/a" for k in ("emoji_top1", "emoji_top5")]
         lines.append("| " + " | ".join([
-            name, acc, f"{r['predictor_bytes'] / 1024:.0f} KiB",
+            name, acc, *emoji, f"{r['predictor_bytes'] / 1024:.0f} KiB",
             f"{b['predictor_bytes'] / r['predictor_bytes']:.1f}x smaller",
             f"{r['file_bytes'] / 1024:.0f} KiB",
             f"{r['predictor_resident_bytes'] / 1024:.0f} KiB", f"{r['peak_rss_mib']:.0f} MiB",
@@ -137,7 +149,9 @@ def main(argv=None) -> dict:
     if not args.skip_accuracy:
         for name, d in models.items():
             rows[name].update(accuracy(d))
-            print(f"{name}: test/acc {rows[name]['test/acc']:.4f}", flush=True)
+            rows[name].update(zero_shot_emoji(d))
+            print(f"{name}: easy-VQA test/acc {rows[name]['test/acc']:.4f}, zero-shot emoji "
+                  f"top-1 {rows[name]['emoji_top1']:.1f}%", flush=True)
 
     base = next(iter(models))
     md = (f"# Full precision vs ternary predictor\n\nModels: "
