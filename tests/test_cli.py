@@ -73,6 +73,24 @@ def test_eval_quick(capsys, tmp_path):
     assert rows[("retrieval", "i2t_R@1")] <= rows[("retrieval", "i2t_R@10")]
 
 
+def test_convert_a_lightning_checkpoint_of_the_released_model(capsys, tmp_path):
+    import torch
+
+    import vljepa
+    from vljepa.factory import trained_state_dict
+    released = vljepa.load(RELEASED)
+    ckpt = {"hyper_parameters": {"model_config": released.config.to_dict()},  # LitVLJEPA's layout
+            "state_dict": {f"model.{k}": v for k, v in trained_state_dict(released).items()},
+            "vljepa_answers": released.answers}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    code, _, err = run(capsys, "convert", tmp_path / "last.ckpt", tmp_path / "model")
+    assert code == 0 and "wrote" in err
+    converted = vljepa.load(tmp_path / "model")
+    assert converted.answers == released.answers
+    for k, v in trained_state_dict(released).items():
+        assert torch.equal(trained_state_dict(converted)[k], v), k
+
+
 def test_clear_errors(capsys, tmp_path):
     code, _, err = run(capsys, "answer", "-m", RELEASED, "--image", tmp_path / "nope.png",
                        "--question", "what color is the shape?")
