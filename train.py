@@ -68,7 +68,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lines = [
             "== vljepa run summary ==",
             *(f"{k}: {v:.4f}" for k, v in metrics.items()),
-            f"trainable parameters: {trainable:,} (predictor {sum(p.numel() for p in model.predictor.parameters()):,})",
+            f"trainable parameters: {trainable:,}" + (
+                f" (predictor {sum(p.numel() for p in model.predictor.parameters()):,})"
+                if hasattr(model, "predictor") else ""),
             f"X-encoder features computed this run: {data.cache.computed} images "
             f"in {data.cache.seconds:.1f} s",
             f"wall time: {time.perf_counter() - start:.1f} s (fit incl. caching {fit_seconds:.1f} s)",

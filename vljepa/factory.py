@@ -174,6 +174,9 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA:
     from safetensors.torch import load_file
 
     meta = json.loads((path / CONFIG_NAME).read_text())
+    if str(meta.get("format", "")).startswith("vljepa-vlm-baseline"):
+        from .baseline import load_baseline  # the token-generating baseline (eval/compare.py)
+        return load_baseline(path, meta, map_location)
     if "model" not in meta:
         raise ValueError(f"{str(path / CONFIG_NAME)!r} is not a vljepa config (no 'model' key)")
     model = VLJEPA(ModelConfig.from_dict(meta["model"]))

@@ -1,0 +1,248 @@
+"""The token-generating VLM baseline (LLaVA-style) that VL-JEPA is compared against (paper §4.5).
+
+Same frozen X-encoder (and feature cache) and the same query tokens as VL-JEPA; instead of
+predicting the answer's embedding it *generates* the answer text:
+
+    image ──X-encoder (frozen)──► visual tokens (B, N, Dx) ──proj──┐
+    question ──Y-encoder's tokenizer + token table──► (B, L) ──proj─┴─► prefix (B, N'+L, W)
+    prefix ──► causal text decoder (vljepa/text_decoder.py) ──► answer tokens, cross-entropy
+
+Discriminative questions are answered by the lowest perplexity over the candidate answers
+(every candidate is scored after the prefix); open questions and captions by greedy decoding.
+Used by ``python train.py model=vlm_baseline`` and ``eval/compare.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import XEncoderConfig, YEncoderConfig, _build
+from .encoders import XEncoder, YEncoder
+from .model import check_texts
+from .text_decoder import CausalTextDecoder
+
+FORMAT = "vljepa-vlm-baseline/1"
+
+
+@dataclass
+class BaselineConfig:
+    """The baseline's encoders (as VL-JEPA's) and its decoder sizes."""
+
+    x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
+    y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)  # tokenizer + token table
+    width: int = 256
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    max_query_len: int = 24
+    max_answer_len: int = 24  # answer / caption tokens, BOS and EOS included
+    visual_pool: int = 1  # average-pool the token grid by this factor, as VL-JEPA's predictor
+    # Token ids the decoder may emit: set from the training data's texts by the Lightning module
+    # (``set_output_vocab``) and saved, so a loaded model has the same softmax.
+    output_vocab: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | BaselineConfig) -> BaselineConfig:
+        if isinstance(d, cls):
+            return d
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown baseline config key(s) {sorted(unknown)}")
+        for key, sub in (("x_encoder", XEncoderConfig), ("y_encoder", YEncoderConfig)):
+            if key in d:
+                d[key] = _build(sub, d[key], key)
+        return cls(**d)
+
+
+class VLMBaseline(nn.Module):
+    """Token-prediction VLM over a frozen X-encoder. Build with :func:`create_baseline`."""
+
+    def __init__(self, config: BaselineConfig | dict):
+        super().__init__()
+        self.config = cfg = BaselineConfig.from_dict(config)
+        self.x_encoder = XEncoder(cfg.x_encoder)
+        self.y_encoder = YEncoder(cfg.y_encoder)
+        W, Dx, Dt = cfg.width, self.x_encoder.dim, self.y_encoder.vocab_dim
+        self.visual_proj = nn.Sequential(nn.LayerNorm(Dx), nn.Linear(Dx, W))
+        self.query_proj = nn.Sequential(nn.LayerNorm(Dt), nn.Linear(Dt, W))
+        self.decoder: CausalTextDecoder | None = None
+        if cfg.output_vocab is not None:
+            self._build_decoder(cfg.output_vocab)
+        self.answers: list[str] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual_proj[1].weight.device
+
+    # ---- vocabulary ----
+
+    def _special_ids(self) -> tuple[int, int, int]:
+        tok = self.y_encoder.model.tokenizer
+        bos = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        return bos, eos, tok.pad_token_id or 0
+
+    def _build_decoder(self, output_vocab: list[int]) -> None:
+        cfg = self.config
+        bos, eos, pad = self._special_ids()
+        n_visual = self.x_encoder.num_tokens
+        if cfg.visual_pool > 1:
+            n_visual = int(torch.tensor([-(-g // cfg.visual_pool) for g in self.x_encoder.grid]).prod())
+        self.decoder = CausalTextDecoder(
+            self.y_encoder.token_embedding.weight, width=cfg.width, depth=cfg.depth,
+            heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+            max_prefix=n_visual + cfg.max_query_len, max_len=cfg.max_answer_len,
+            bos_id=bos, eos_id=eos, pad_id=pad, output_vocab=torch.tensor(output_vocab))
+
+    def set_output_vocab(self, texts: Sequence[str]) -> None:
+        """Let the decoder emit exactly the tokens of ``texts`` (and EOS); builds the decoder.
+
+        Raises RuntimeError if the decoder already exists with another vocabulary.
+        """
+        ids, mask = self.tokenize_texts(list(dict.fromkeys(texts)))
+        vocab = sorted(set(ids[mask].tolist()) - {self._special_ids()[0]})
+        if self.decoder is not None:
+            if vocab != self.config.output_vocab:
+                raise RuntimeError("the decoder already has a different output vocabulary")
+            return
+        self.config.output_vocab = vocab
+        self._build_decoder(vocab)
+
+    def tokenize_queries(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B questions -> (ids (B, L) int64, mask (B, L) bool), as :meth:`VLJEPA.tokenize_queries`."""
+        return self.y_encoder.tokenize(check_texts(queries, "questions"), self.config.max_query_len)
+
+    def tokenize_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer / caption texts -> ``[BOS] text [EOS]`` ids (B, L) int64 and mask (B, L) bool."""
+        return self.y_encoder.tokenize(check_texts(texts, "texts"), self.config.max_answer_len)
+
+    # ---- the model ----
+
+    def prefix(self, visual: torch.Tensor, query_ids: torch.Tensor | None,
+               query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual tokens (B, N, Dx) + query ids/mask (B, L) -> prefix (B, N'+L, W), mask (B, N'+L).
+
+        A query-free row (captioning) has an all-False query mask, or ``query_ids=None``.
+        """
+        visual = visual.to(self.device, torch.float32)
+        k = self.config.visual_pool
+        if k > 1:
+            B, N, Dx = visual.shape
+            h, w = self.x_encoder.grid
+            visual = F.avg_pool2d(visual.transpose(1, 2).reshape(B, Dx, h, w), k, ceil_mode=True)
+            visual = visual.flatten(2).transpose(1, 2)
+        v = self.visual_proj(visual)  # (B, N', W)
+        keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
+        if query_ids is None:
+            return v, keep
+        table = self.y_encoder.token_embedding.weight.detach()
+        q = self.query_proj(F.embedding(query_ids.to(self.device), table))  # (B, L, W)
+        return torch.cat([v, q], 1), torch.cat([keep, query_mask.to(self.device).bool()], 1)
+
+    def _need_decoder(self) -> CausalTextDecoder:
+        if self.decoder is None:
+            raise RuntimeError("the baseline has no decoder yet: call set_output_vocab(texts) "
+                               "(the Lightning module does it from the training data)")
+        return self.decoder
+
+    def loss(self, visual, query_ids, query_mask, texts: Sequence[str]) -> torch.Tensor:
+        """Mean token cross-entropy of ``texts`` (B strings) after the prefix (scalar)."""
+        ids, mask = self.tokenize_texts(texts)
+        p, pm = self.prefix(visual, query_ids, query_mask)
+        return self._need_decoder().loss(p, pm, ids.to(self.device), mask.to(self.device))
+
+    @torch.no_grad()
+    def candidate_scores(self, visual, query_ids, query_mask, candidates: Sequence[str],
+                         chunk: int = 4096) -> torch.Tensor:
+        """(B, C) mean log-probability per token of each candidate (minus log perplexity).
+
+        Every one of the B x C (prefix, candidate) pairs runs through the decoder, in chunks of
+        ``chunk`` sequences: this is the cost VL-JEPA's nearest-neighbour answering avoids.
+        """
+        dec = self._need_decoder()
+        p, pm = self.prefix(visual, query_ids, query_mask)  # (B, P, W)
+        ids, mask = self.tokenize_texts(candidates)  # (C, L)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        B, C = p.shape[0], ids.shape[0]
+        n_tokens = (mask.sum(1) - 1).clamp(min=1).float()  # tokens scored per candidate
+        out = torch.empty(B * C, device=self.device)
+        pairs = torch.arange(B * C, device=self.device)
+        for s in range(0, B * C, chunk):
+            r = pairs[s:s + chunk]
+            b, c = r // C, r % C
+            out[s:s + chunk] = dec.sequence_logprob(p[b], pm[b], ids[c], mask[c]) / n_tokens[c]
+        return out.view(B, C)
+
+    @torch.no_grad()
+    def generate(self, visual, query_ids=None, query_mask=None, max_new_tokens: int = 24,
+                 num_beams: int = 1) -> list[str]:
+        """Greedy (or beam) text after the prefix: B strings."""
+        p, pm = self.prefix(visual, query_ids, query_mask)
+        out = self._need_decoder().generate(p, pm, max_new_tokens, num_beams)
+        return self.y_encoder.model.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups as :meth:`VLJEPA.param_groups` (no decay on norms, biases, positions)."""
+        self._need_decoder()
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad or name.startswith(("y_encoder.", "x_encoder.")):
+                continue
+            (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
+        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+    # ---- save / load (same layout as VL-JEPA: config.json + model.safetensors) ----
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith(("x_encoder.", "y_encoder."))}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        from .factory import CONFIG_NAME, WEIGHTS_NAME, _atomic_write
+        self._need_decoder()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "baseline": self.config.to_dict(),
+                "x_encoder_fingerprint": self.x_encoder.fingerprint, "answers": self.answers}
+        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(self.trained_state_dict(), p))
+        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        return d
+
+
+def create_baseline(config: BaselineConfig | dict | None = None) -> VLMBaseline:
+    """Build the baseline from a config (dataclass or nested dict, e.g. a Hydra node)."""
+    return VLMBaseline(BaselineConfig.from_dict(config or {}))
+
+
+def load_baseline(path: Path, meta: dict, map_location: str = "cpu") -> VLMBaseline:
+    """Rebuild a saved baseline (called by :func:`vljepa.load` for its format)."""
+    from safetensors.torch import load_file
+
+    model = VLMBaseline(BaselineConfig.from_dict(meta["baseline"]))
+    if meta.get("x_encoder_fingerprint") not in (None, model.x_encoder.fingerprint):
+        raise ValueError(f"the X-encoder built here is not the one {str(path)!r} was trained with")
+    state = load_file(str(path / "model.safetensors"), device=map_location)
+    expected = model.trained_state_dict()
+    if set(state) != set(expected):
+        raise ValueError(f"{str(path)!r} does not fit its config: missing "
+                         f"{sorted(set(expected) - set(state))[:5]}, unexpected "
+                         f"{sorted(set(state) - set(expected))[:5]}")
+    model.load_state_dict(state, strict=False)
+    model.answers = meta.get("answers")
+    return model.to(map_location).eval()
