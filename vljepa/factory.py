@@ -220,8 +220,15 @@ def load_lightning_checkpoint(path: str | os.PathLike, map_location: str = "cpu"
     except KeyError:
         raise ValueError(f"{str(path)!r} is not a vljepa training checkpoint "
                          "(no hyper_parameters.model_config)") from None
-    model = VLJEPA(ModelConfig.from_dict(cfg))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model = load_trained_weights(model, state, str(path))
+    if "predictor" not in cfg and "output_vocab" in cfg:  # the token-generating VLM baseline
+        from .baseline import VLMBaseline
+        model = VLMBaseline(cfg)
+        model.load_state_dict(state, strict=False)
+        missing = set(model.trained_state_dict()) - set(state)
+        if missing:
+            raise ValueError(f"{str(path)!r} lacks tensors {sorted(missing)[:5]}")
+    else:
+        model = load_trained_weights(VLJEPA(ModelConfig.from_dict(cfg)), state, str(path))
     model.answers = ckpt.get("vljepa_answers")
     return model.to(map_location).eval()
