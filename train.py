@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=data, ckpt_path=best or None)
         metrics = {k: float(v) for k, v in results[0].items()}
     if trainer.is_global_zero:
-        model.answers = list(getattr(data, "answer_vocab", None) or []) or None
+        if hasattr(data, "answer_vocab"):  # a text-only run (the Y-decoder) keeps the model's
+            model.answers = list(data.answer_vocab or []) or None
         if cfg.get("export"):
             model.save_pretrained(Path(cfg.paths.output_dir) / "model")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -71,8 +72,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"trainable parameters: {trainable:,}" + (
                 f" (predictor {sum(p.numel() for p in model.predictor.parameters()):,})"
                 if hasattr(model, "predictor") else ""),
-            f"X-encoder features computed this run: {data.cache.computed} images "
-            f"in {data.cache.seconds:.1f} s",
+            *([f"X-encoder features computed this run: {data.cache.computed} images "
+               f"in {data.cache.seconds:.1f} s"] if hasattr(data, "cache") else []),
             f"wall time: {time.perf_counter() - start:.1f} s (fit incl. caching {fit_seconds:.1f} s)",
             f"peak RSS: {peak_rss_mib():.0f} MiB",
             f"outputs: {cfg.paths.output_dir}",

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vljepa.evaluate import cider
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"VL-JEPA": [], "baseline": ["model=vlm_baseline"]}
 
@@ -85,13 +87,6 @@ def caption(model, visual, bank: list[str]) -> list[str]:
                 for c in model.generate(visual, max_new_tokens=16)]
     s = scores(model, visual, None, None, bank)
     return [bank[i] for i in s.argmax(1).tolist()]
-
-
-def cider(refs: list[str], hyps: list[str]) -> float:
-    from pycocoevalcap.cider.cider import Cider
-    gts = {i: [r.lower()] for i, r in enumerate(refs)}
-    res = {i: [h.lower() or "empty"] for i, h in enumerate(hyps)}
-    return float(Cider().compute_score(gts, res)[0])
 
 
 def held_out(data, vqa_test: int, seed: int) -> dict:

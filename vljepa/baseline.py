@@ -28,6 +28,7 @@ from .config import XEncoderConfig, YEncoderConfig, _build
 from .encoders import XEncoder, YEncoder
 from .model import check_texts
 from .text_decoder import CausalTextDecoder
+from .y_decoder import special_ids
 
 FORMAT = "vljepa-vlm-baseline/1"
 
@@ -90,10 +91,7 @@ class VLMBaseline(nn.Module):
     # ---- vocabulary ----
 
     def _special_ids(self) -> tuple[int, int, int]:
-        tok = self.y_encoder.model.tokenizer
-        bos = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
-        eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-        return bos, eos, tok.pad_token_id or 0
+        return special_ids(self.y_encoder.model.tokenizer)
 
     def _build_decoder(self, output_vocab: list[int]) -> None:
         cfg = self.config

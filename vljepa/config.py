@@ -82,6 +82,23 @@ class LossConfig:
 
 
 @dataclass
+class YDecoderConfig:
+    """The light text decoder that turns a shared-space embedding back into text (paper §3,
+    "Y-decoder"; vljepa/y_decoder.py). Trained on text alone to invert the Y-encoder + head."""
+
+    width: int = 256
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    prefix_tokens: int = 4  # the embedding becomes this many prefix vectors (a linear map)
+    max_len: int = 32  # text tokens, BOS and EOS included
+    # Token ids the decoder may emit (the training corpus's); None: the tokenizer's whole
+    # vocabulary. Set by the Lightning module from its corpus and saved with the model.
+    output_vocab: list[int] | None = None
+
+
+@dataclass
 class ModelConfig:
     x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
     y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)
@@ -91,6 +108,7 @@ class ModelConfig:
     # The query embed_image() predicts with; None: query-free, as the caption-pretrained
     # VL-JEPA_BASE (paper §3). E.g. "what is in the image?" for a model trained only on VQA.
     default_prompt: str | None = None
+    y_decoder: YDecoderConfig | None = None  # None: no Y-decoder (decode() raises)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,6 +124,8 @@ class ModelConfig:
         for key, value in dict(d).items():
             if key in subs:
                 kwargs[key] = _build(subs[key], value, key)
+            elif key == "y_decoder":
+                kwargs[key] = None if value is None else _build(YDecoderConfig, value, key)
             elif key == "embed_dim":
                 kwargs[key] = int(value)
             elif key == "default_prompt":

@@ -109,3 +109,18 @@ def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "
         results["digits"] = {**zero_shot(model, visual, torch.tensor(ds["label"]), DIGIT_NAMES,
                                          DIGIT_TEMPLATES), "n": len(ds), "classes": 10}
     return results
+
+
+def cider(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """CIDEr-D (Vedantam et al. 2015) of ``hyps`` against one reference each, with the COCO
+    caption evaluation code (pycocoevalcap); texts are lower-cased, not PTB-tokenised. An empty
+    hypothesis scores as the word "empty". Raises ImportError naming the extra to install."""
+    try:
+        from pycocoevalcap.cider.cider import Cider
+    except ImportError as e:
+        raise ImportError("CIDEr needs pycocoevalcap: pip install 'vljepa[compare]'") from e
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"need as many hypotheses as references (got {len(hyps)} / {len(refs)})")
+    gts = {i: [r.lower()] for i, r in enumerate(refs)}
+    res = {i: [h.lower() or "empty"] for i, h in enumerate(hyps)}
+    return float(Cider().compute_score(gts, res)[0])

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data.cache import FeatureCache, default_cache_dir
-from .data.captions import openmoji
+from .data.captions import CAPTION_SOURCES
 from .images import image_key
 from .lit import VQADataModule, _batch_as_is
 from .model import VLJEPA
@@ -86,6 +86,8 @@ class CaptionDataModule(L.LightningDataModule):
 
     Args:
         model: the VLJEPA being trained (its X-encoder fills the feature cache).
+        source: "openmoji" (glyphs and their Unicode names) or "scenes" (OpenMoji glyphs,
+            easy-VQA shapes "red circle" and scikit-image photos; vljepa.data.captions.scenes).
         vqa: None for captions only (stage 1), or keyword arguments for a
             :class:`vljepa.lit.VQADataModule` whose questions join every split (stage 2).
         templates: caption templates, e.g. ``["{}", "an emoji of {}"]``.
@@ -98,7 +100,8 @@ class CaptionDataModule(L.LightningDataModule):
     VQA answers, or the training captions when there is no VQA.
     """
 
-    def __init__(self, model: VLJEPA, vqa: dict | None = None, templates: Sequence[str] = ("{}",),
+    def __init__(self, model: VLJEPA, vqa: dict | None = None, source: str = "openmoji",
+                 templates: Sequence[str] = ("{}",),
                  caption_repeat: int = 1, image_size: int = 128, test_fraction: float = 0.2, val_fraction: float = 0.1,
                  batch_size: int = 256, eval_batch_size: int = 1024, encode_batch_size: int = 64,
                  cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
@@ -107,7 +110,10 @@ class CaptionDataModule(L.LightningDataModule):
             raise ValueError(f"every caption template needs a '{{}}' slot, got {list(templates)}")
         if caption_repeat < 1:
             raise ValueError(f"caption_repeat must be >= 1, got {caption_repeat}")
+        if source not in CAPTION_SOURCES:
+            raise ValueError(f"unknown caption source {source!r}; use one of {sorted(CAPTION_SOURCES)}")
         self.model, self.templates, self.caption_repeat = model, list(templates), caption_repeat
+        self.source = source
         self.split_kwargs = dict(image_size=image_size, test_fraction=test_fraction,
                                  val_fraction=val_fraction, seed=seed)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -126,7 +132,7 @@ class CaptionDataModule(L.LightningDataModule):
 
     def _load(self, split: str):
         if split not in self._splits:
-            ds = openmoji(split, **self.split_kwargs)
+            ds = CAPTION_SOURCES[self.source](split, **self.split_kwargs)
             images = list(ds["image"])
             self._splits[split] = (ds, images, [image_key(im) for im in images])
         return self._splits[split]

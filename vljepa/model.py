@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, YDecoderConfig
 from .encoders import XEncoder, YEncoder
 from .images import load_image
 from .losses import get_loss, init_logit_scale
 from .predictor import build_predictor
+from .y_decoder import YDecoder
 
 
 def check_texts(texts: Sequence[str], what: str) -> list[str]:
@@ -56,6 +57,36 @@ class VLJEPA(nn.Module):
         self.loss_fn = get_loss(config.loss.kind)
         # answer()'s default candidates: the training answer vocabulary, saved with the model
         self.answers: list[str] | None = None
+        self.y_decoder: YDecoder | None = None
+        if config.y_decoder is not None:
+            self.y_decoder = YDecoder(config.y_decoder, self.y_encoder, config.embed_dim)
+
+    def add_y_decoder(self, config: YDecoderConfig | dict | None = None) -> YDecoder:
+        """Give the model a (new, untrained) Y-decoder; its config is saved with the model.
+        Raises RuntimeError if it already has one."""
+        if self.y_decoder is not None:
+            raise RuntimeError("this model already has a Y-decoder")
+        cfg = YDecoderConfig(**dict(config or {})) if not isinstance(config, YDecoderConfig) \
+            else config
+        self.config.y_decoder = cfg
+        self.y_decoder = YDecoder(cfg, self.y_encoder, self.config.embed_dim).to(self.device)
+        return self.y_decoder
+
+    @torch.no_grad()
+    def decode(self, embeddings: torch.Tensor, max_new_tokens: int = 24,
+               num_beams: int = 1) -> list[str]:
+        """Shared-space embeddings (B, D) -> B strings with the Y-decoder (paper §3): e.g.
+        ``model.decode(model.predict(images, questions))`` or ``model.decode(model.embed_text(t))``.
+
+        Greedy with ``num_beams=1``, else beam search; at most ``max_new_tokens`` tokens.
+        Raises RuntimeError when the model has no Y-decoder (train one with
+        ``python train.py experiment=y_decoder init_from=...``), ValueError for a wrong shape,
+        an empty batch, or NaN / inf embeddings.
+        """
+        if self.y_decoder is None:
+            raise RuntimeError("this model has no Y-decoder: train one with `python train.py "
+                               "experiment=y_decoder init_from=<this model>`")
+        return self.y_decoder.decode(embeddings, max_new_tokens, num_beams)
 
     @property
     def device(self) -> torch.device:

@@ -115,3 +115,81 @@ def digits(image_size: int = 64, per_class: int | None = None) -> datasets.Datas
     ds = datasets.Dataset.from_dict({"image": images, "label": target,
                                      "caption": [DIGIT_NAMES[t] for t in target]})
     return ds.cast_column("image", datasets.Image(decode=False))
+
+
+# ---- "scenes": easy-VQA shapes, scikit-image photos and OpenMoji glyphs with captions ----
+# A caption source mixing three kinds of picture, for caption models whose predictions are
+# decoded into text (the Y-decoder and the selective decoding benchmark, vljepa/selective.py).
+
+# scikit-image's sample photos that ship with the package (no download), with a caption each
+SKIMAGE_PHOTOS = {"astronaut": "astronaut", "chelsea": "cat", "coffee": "cup of coffee",
+                  "rocket": "rocket", "camera": "man with a camera", "moon": "moon surface",
+                  "coins": "old coins", "horse": "horse silhouette", "clock": "clock",
+                  "page": "page of text", "brick": "brick wall", "grass": "grass",
+                  "retina": "retina", "colorwheel": "color wheel",
+                  "hubble_deep_field": "galaxies in deep space",
+                  "immunohistochemistry": "stained tissue"}
+
+
+def easy_vqa_captions(split: str, val_fraction: float = 0.1) -> datasets.Dataset:
+    """easy-VQA images captioned "{color} {shape}" ("red circle"), from the image's own
+    question answers; images whose questions do not give both are left out. ``split`` "train"
+    / "val" divide the package's training images (the last ``val_fraction`` of them are val),
+    "test" is its test split. Columns image (path), caption."""
+    import easy_vqa as ev
+
+    from .vqa import EASY_VQA_SHAPES
+    if split not in OPENMOJI_SPLITS:
+        raise ValueError(f"easy-VQA captions have the splits {OPENMOJI_SPLITS}, not {split!r}")
+    source = "test" if split == "test" else "train"
+    questions, answers, image_ids = getattr(ev, f"get_{source}_questions")()
+    paths = getattr(ev, f"get_{source}_image_paths")()
+    parts: dict[int, dict[str, str]] = {}
+    for answer, i in zip(answers, image_ids):
+        if answer not in ("yes", "no"):
+            parts.setdefault(i, {})["shape" if answer in EASY_VQA_SHAPES else "color"] = answer
+    ids = sorted(i for i, p in parts.items() if len(p) == 2)
+    if source == "train":
+        n_val = round(len(ids) * val_fraction)
+        ids = ids[len(ids) - n_val:] if split == "val" else ids[:len(ids) - n_val]
+    ds = datasets.Dataset.from_dict({
+        "image": [paths[i] for i in ids],
+        "caption": [f"{parts[i]['color']} {parts[i]['shape']}" for i in ids]})
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def skimage_photos(size: int = 224) -> datasets.Dataset:
+    """scikit-image's sample photos (:data:`SKIMAGE_PHOTOS`) as RGB PNG bytes, resized so the
+    short side is ``size``. Columns image, caption."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    images = []
+    for name in SKIMAGE_PHOTOS:
+        a = np.asarray(getattr(skdata, name)())
+        if a.dtype == bool:
+            a = np.where(a, 0, 255).astype(np.uint8)  # silhouette: dark on white
+        im = Image.fromarray(a).convert("RGB")
+        scale = size / min(im.size)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    ds = datasets.Dataset.from_dict({"image": images, "caption": list(SKIMAGE_PHOTOS.values())})
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def scenes(split: str, image_size: int = 128, test_fraction: float = 0.2,
+           val_fraction: float = 0.1, seed: int = 0) -> datasets.Dataset:
+    """OpenMoji glyphs (split by emoji), easy-VQA shapes ("red circle", split as
+    :func:`easy_vqa_captions`) and, in "train" only, the scikit-image photos. Columns image,
+    caption."""
+    parts = [openmoji(split, image_size, test_fraction, val_fraction, seed).select_columns(
+                 ["image", "caption"]), easy_vqa_captions(split, val_fraction)]
+    if split == "train":
+        parts.append(skimage_photos())
+    return datasets.concatenate_datasets(parts)
+
+
+CAPTION_SOURCES = {"openmoji": openmoji, "scenes": scenes}
