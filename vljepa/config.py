@@ -79,6 +79,10 @@ class LossConfig:
     kind: str = "infonce"  # "infonce", "cosine", "l1" or "l2"
     temperature: float = 0.07  # initial InfoNCE temperature
     learn_temperature: bool = True  # learn log(1/temperature), as CLIP does
+    # InfoNCE in a multi-process run (DDP / FSDP): gather Ŝ_Y and S_Y from every rank, so the
+    # negatives are the global batch (gradients flow through each rank's own part, as open_clip's
+    # gather_with_grad). False: each rank contrasts its local batch only.
+    gather: bool = True
 
 
 @dataclass

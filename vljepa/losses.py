@@ -62,6 +62,32 @@ def l2_loss(pred, target, logit_scale=None, target_ids=None):
     return F.mse_loss(F.normalize(pred, dim=-1), F.normalize(target, dim=-1))
 
 
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from every rank in rank order -> (world * B, ...).
+
+    Gradients flow back to each rank's own part (``torch.distributed.nn.all_gather``, as
+    open_clip's ClipLoss does with ``gather_with_grad=True``): every rank computes the loss over
+    the global batch, and DDP's gradient averaging then gives the global loss's gradient.
+    Outside a multi-process run, ``x`` itself. All ranks must pass the same B.
+    """
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn  # noqa: F401  (registers the autograd-aware collectives)
+    return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), 0)
+
+
+def gather_ids(ids: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) target ids from every rank -> (world * B,), without gradients (they are labels)."""
+    import torch.distributed as dist
+    if ids is None or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:
+        return ids
+    out = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, ids.contiguous())
+    return torch.cat(out)
+
+
 LOSSES = {"infonce": infonce, "cosine": cosine_loss, "l1": l1_loss, "l2": l2_loss}
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from .config import ModelConfig, YDecoderConfig
 from .encoders import XEncoder, YEncoder
 from .images import load_image
-from .losses import get_loss, init_logit_scale
+from .losses import gather_ids, gather_with_grad, get_loss, init_logit_scale
 from .predictor import build_predictor
 from .y_decoder import YDecoder
 
@@ -125,6 +125,10 @@ class VLJEPA(nn.Module):
              target_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The configured objective (InfoNCE by default) between Ŝ_Y and S_Y, (B, D) each."""
         scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap on 1/temperature
+        if self.config.loss.kind == "infonce" and self.config.loss.gather:
+            # negatives from every rank (a no-op in one process): open_clip's gather_with_grad
+            pred, target = gather_with_grad(pred), gather_with_grad(target)
+            target_ids = gather_ids(target_ids)
         return self.loss_fn(pred, target, scale, target_ids)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
