@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _timing import median_ms
 from vljepa.evaluate import cider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,17 +121,6 @@ def evaluate(model, h: dict) -> dict:
     return out
 
 
-def _median_ms(fn, iters: int, max_seconds: float = 20.0) -> float:
-    """Median wall-clock ms of ``iters`` calls (fewer, but at least 3, past ``max_seconds``)."""
-    fn()  # warm-up
-    times: list[float] = []
-    while len(times) < iters and (len(times) < 3 or sum(times) < max_seconds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
 @torch.no_grad()
 def latency(model, h: dict, iters: int) -> dict:
     """Per-call wall-clock ms, encoders excluded (visual tokens are cached, as in serving)."""
@@ -148,7 +137,7 @@ def latency(model, h: dict, iters: int) -> dict:
                 fn = lambda: model.candidate_scores(v, ids, mask, cands).argmax(1)  # noqa: E731
             else:
                 fn = lambda: (F.normalize(model(v, ids, mask), dim=-1) @ table.T).argmax(1)  # noqa: E731
-            out[f"answer_C{C}_b{B}_ms"] = _median_ms(fn, iters)
+            out[f"answer_C{C}_b{B}_ms"] = median_ms(fn, iters, max_seconds=20)
     for B in (1, 32):
         v = h["emoji_visual"][:B]
         if not hasattr(model, "generate"):
@@ -156,7 +145,7 @@ def latency(model, h: dict, iters: int) -> dict:
             fn = lambda: (F.normalize(model(v), dim=-1) @ bank.T).argmax(1)  # noqa: E731
         else:
             fn = lambda: model.generate(v, max_new_tokens=16)  # noqa: E731
-        out[f"caption_b{B}_ms"] = _median_ms(fn, max(3, iters // 4))
+        out[f"caption_b{B}_ms"] = median_ms(fn, max(3, iters // 4), max_seconds=20)
     return out
 
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -185,6 +184,7 @@ def report(res: dict, out: Path) -> str:
 
 
 def overhead(model, emb: torch.Tensor, visual: torch.Tensor) -> dict:
+    from _timing import median_ms
     from vljepa.selective import SelectiveDecoder
     sd = SelectiveDecoder(decode=lambda e: [""] * len(e), threshold=0.3, window=2)
     t = time.perf_counter()
@@ -192,16 +192,8 @@ def overhead(model, emb: torch.Tensor, visual: torch.Tensor) -> dict:
         sd.step(e)
     step_us = 1e6 * (time.perf_counter() - t) / len(emb)
 
-    def median_ms(fn, n=30):
-        fn()
-        ts = []
-        for _ in range(n):
-            s = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - s)
-        return 1000 * statistics.median(ts)
-    return {"step_us": step_us, "predictor_ms": median_ms(lambda: model.embed_visual(visual[:1])),
-            "decode_ms": median_ms(lambda: model.decode(emb[:1]))}
+    return {"step_us": step_us, "predictor_ms": median_ms(lambda: model.embed_visual(visual[:1]), 30),
+            "decode_ms": median_ms(lambda: model.decode(emb[:1]), 30)}
 
 
 def main(argv=None) -> None:

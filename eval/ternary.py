@@ -25,20 +25,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from _timing import median_ms
+
 HERE = Path(__file__).resolve().parent
-
-
-def _median_ms(fn, iters: int) -> float:
-    fn()  # warm-up: allocator, lazy init
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def worker(model_dir: str, threads: int, iters: int) -> dict:
@@ -60,9 +51,9 @@ def worker(model_dir: str, threads: int, iters: int) -> dict:
         visual = model.visual_tokens(images)
         ids, mask = model.tokenize_queries(qs)
         for b in (1, 32):
-            out[f"answer_b{b}_ms"] = _median_ms(
+            out[f"answer_b{b}_ms"] = median_ms(
                 lambda: model.answer(images[:b], qs[:b], candidates), iters)
-            out[f"predictor_b{b}_ms"] = _median_ms(
+            out[f"predictor_b{b}_ms"] = median_ms(
                 lambda: model(visual[:b], ids[:b], mask[:b]), 5 * iters)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out

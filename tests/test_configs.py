@@ -1,6 +1,4 @@
 """Every Hydra config composes, and everything in it instantiates."""
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate

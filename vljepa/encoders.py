@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import XEncoderConfig, YEncoderConfig

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from .config import YDecoderConfig
 from .model import VLJEPA

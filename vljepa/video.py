@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 
 def _av():
@@ -20,8 +20,8 @@ def _av():
 
 
 def iter_frames(path: str | os.PathLike, fps: float | None = None,
-                max_frames: int | None = None) -> Iterator[tuple[float, "PIL.Image.Image"]]:
-    """Yield (time in seconds, RGB PIL image) from the first video stream of ``path``.
+                max_frames: int | None = None) -> Iterator[tuple[float, Any]]:
+    """Yield (time in seconds, RGB ``PIL.Image``) from the first video stream of ``path``.
 
     ``fps``: sample at this rate (the frame shown at each tick 0, 1/fps, 2/fps, ...); None keeps
     every decoded frame. Frames are decoded one at a time, so a long video is never held whole.

@@ -44,7 +44,7 @@ def openmoji_codepoints() -> tuple[int, ...]:
 
 def render_emoji(codepoint: int, size: int = 128):
     """One OpenMoji glyph as an RGB ``PIL.Image`` (size, size), centred on white."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     font = _font(size)
     img = Image.new("RGB", (size, size), (255, 255, 255))
