@@ -55,7 +55,11 @@ class PredictorConfig:
     # "transformer": the VL-JEPA predictor. "linear": the no-predictor baseline, a linear map
     # from the X-encoder's pooled feature into the shared space that ignores the query (a
     # CLIP-style alignment trained with the same loss); the other fields are then unused.
+    # "llm": the paper's predictor, the last llm_layers layers of the causal LM ``llm`` made
+    # bidirectional, with that LM's tokenizer and token table for the query (llm_predictor.py).
     kind: str = "transformer"
+    llm: str | None = None  # kind=llm: hub id or local dir, e.g. meta-llama/Llama-3.2-1B
+    llm_layers: int = 8  # kind=llm: how many of the LM's last layers (paper: 8)
 
     width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
     depth: int = 2

@@ -100,19 +100,25 @@ class VLJEPA(nn.Module):
         Raises ValueError for an empty question, TypeError for a non-string.
         """
         queries = check_texts(queries, "questions")
+        if hasattr(self.predictor, "tokenize"):  # an LLM predictor reads its own tokens
+            return self.predictor.tokenize(queries)
         return self.y_encoder.tokenize(queries, self.config.predictor.max_query_len)
 
     def forward(self, visual: torch.Tensor, query_ids: torch.Tensor | None = None,
                 query_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens (B, N, Dx) + query ids/mask (B, L) -> Ŝ_Y (B, D), not normalised.
 
-        Query token embeddings come from the Y-encoder's own token table, detached, so the
-        predictor starts from pretrained lexical knowledge and never moves the table itself.
+        Query token embeddings come from the Y-encoder's own token table (for an LLM predictor,
+        the LM's), detached, so the predictor starts from pretrained lexical knowledge and never
+        moves the table itself.
         """
         query = None
         if query_ids is not None:
-            table = self.y_encoder.token_embedding.weight.detach()
-            query = F.embedding(query_ids.to(self.device), table)  # (B, L, Dq)
+            if hasattr(self.predictor, "embed_query"):  # the LLM predictor's own token table
+                query = self.predictor.embed_query(query_ids.to(self.device))  # (B, L, W)
+            else:
+                table = self.y_encoder.token_embedding.weight.detach()
+                query = F.embedding(query_ids.to(self.device), table)  # (B, L, Dq)
             query_mask = query_mask.to(self.device)
         return self.predictor(visual.to(self.device, torch.float32), query, query_mask)
 

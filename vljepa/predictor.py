@@ -126,9 +126,13 @@ class LinearPredictor(nn.Module):
 
 def build_predictor(cfg: PredictorConfig, visual_dim: int, num_visual_tokens: int,
                     grid: tuple[int, int] | None, query_dim: int, embed_dim: int) -> nn.Module:
-    """The predictor named by ``cfg.kind``: "transformer" (VL-JEPA) or "linear" (baseline)."""
+    """The predictor named by ``cfg.kind``: "transformer" (VL-JEPA), "llm" (the paper's, from a
+    causal LM's last layers) or "linear" (baseline)."""
+    if cfg.kind == "llm":
+        from .llm_predictor import LLMPredictor
+        return LLMPredictor(cfg, visual_dim, grid, embed_dim)
     if cfg.kind == "transformer":
         return Predictor(cfg, visual_dim, num_visual_tokens, grid, query_dim, embed_dim)
     if cfg.kind == "linear":
         return LinearPredictor(visual_dim, embed_dim)
-    raise ValueError(f"unknown predictor kind {cfg.kind!r}; use 'transformer' or 'linear'")
+    raise ValueError(f"unknown predictor kind {cfg.kind!r}; use 'transformer', 'llm' or 'linear'")
