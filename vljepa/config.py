@@ -16,7 +16,10 @@ from typing import Any
 class XEncoderConfig:
     """The frozen vision encoder that turns images into visual tokens (paper §3, "X-encoder")."""
 
-    backend: str = "timm"  # "timm" (any timm.create_model name) or "open_clip" (its visual tower)
+    # "timm" (any timm.create_model name), "open_clip" (its visual tower) or "hf" (a Hugging Face
+    # transformers vision / video model through AutoModel, e.g. V-JEPA 2
+    # facebook/vjepa2-vitl-fpc64-256; a hub id or a local directory in ``name``)
+    backend: str = "timm"
     name: str = "efficientnet_lite0"
     # Where the weights come from. timm: None (random init), "hub" (timm's pretrained tag via the
     # HF hub), a local .pth/.safetensors file, or the name of a package that ships weights
@@ -32,6 +35,10 @@ class XEncoderConfig:
     # before any final 1x1 conv head), which keeps more low-level detail such as colour.
     # The default, -1, is EfficientNet-Lite0's 320-d 7x7 stage output (configs/model/vljepa_lite).
     feature_index: int | None = -1
+    # hf video models: frames per clip. A single image is repeated to fill the clip (paper §3);
+    # a clip (B, T, 3, H, W) with another T is an error. None: the model config's own
+    # frames_per_clip (or 1 for image models).
+    frames: int | None = None
 
 
 @dataclass

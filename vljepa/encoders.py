@@ -78,12 +78,20 @@ class XEncoder(FrozenMixin, nn.Module):
         weights_id = cfg.weights
         if cfg.backend == "timm":
             self.model, self.transform, weights_id = self._build_timm(cfg)
-        elif cfg.backend == "open_clip":
+        elif cfg.backend in ("open_clip", "hf"):
             if cfg.feature_index is not None:
                 raise ValueError("x_encoder.feature_index is supported for timm models only")
-            self.model, self.transform = self._build_open_clip(cfg)
+            build = self._build_open_clip if cfg.backend == "open_clip" else self._build_hf
+            self.model, self.transform = build(cfg)
+            if cfg.backend == "hf":  # the weights themselves identify a hub or local model
+                h = hashlib.sha256()
+                for name, t in self.model.state_dict().items():
+                    h.update(name.encode())
+                    h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+                weights_id = f"hf:{h.hexdigest()[:16]}:frames={self.frames}"
         else:
-            raise ValueError(f"unknown X-encoder backend {cfg.backend!r}; use 'timm' or 'open_clip'")
+            raise ValueError(f"unknown X-encoder backend {cfg.backend!r}; "
+                             "use 'timm', 'open_clip' or 'hf'")
         self.freeze()
         size = self.transform(_blank_image()).shape[-2:]
         with torch.no_grad():
@@ -143,7 +151,45 @@ class XEncoder(FrozenMixin, nn.Module):
             visual.output_tokens = True  # ViTs return (pooled, tokens)
         return visual, preprocess
 
+    def _build_hf(self, cfg: XEncoderConfig):
+        """A transformers vision / video model (AutoModel) and its eval preprocessing: resize the
+        short side, centre-crop to the model's size, normalise with its processor's mean / std
+        (ImageNet's when it ships none)."""
+        from torchvision import transforms as T
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(cfg.name)
+            model = AutoModel.from_pretrained(cfg.name)
+        except Exception as e:
+            raise _hub_error("transformers model", cfg.name, e) from e
+        self.is_video = hasattr(config, "frames_per_clip")  # V-JEPA 2 style video encoders
+        self.frames = cfg.frames or getattr(config, "frames_per_clip", 1)
+        if self.is_video and self.frames % getattr(config, "tubelet_size", 1):
+            raise ValueError(f"x_encoder.frames={self.frames} is not a multiple of the model's "
+                             f"tubelet size {config.tubelet_size}")
+        size = cfg.image_size or getattr(config, "crop_size", None) or config.image_size
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        try:
+            from transformers import AutoImageProcessor
+            proc = AutoImageProcessor.from_pretrained(cfg.name)
+            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+        except Exception:  # no processor saved with the model (e.g. a local test model)
+            pass
+        transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+                               T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+        return model, transform
+
     def _tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        if self.cfg.backend == "hf":
+            if not self.is_video:
+                return self.model(pixel_values=x).last_hidden_state, None
+            if x.ndim == 4:  # images: repeat each to fill a clip, (B, T, 3, H, W)
+                x = x.unsqueeze(1).expand(-1, self.frames, -1, -1, -1)
+            if x.shape[1] != self.frames:
+                raise ValueError(f"clips must have {self.frames} frames (x_encoder.frames), "
+                                 f"got {x.shape[1]}")
+            return self.model(pixel_values_videos=x, skip_predictor=True).last_hidden_state, None
         if self.cfg.backend == "open_clip":
             out = self.model(x)
             if isinstance(out, tuple):  # (pooled (B, D), tokens (B, N, D'))
@@ -160,7 +206,8 @@ class XEncoder(FrozenMixin, nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images (B, 3, H, W) float32 -> visual tokens (B, N, Dx) float32."""
+        """Preprocessed images (B, 3, H, W) float32 -> visual tokens (B, N, Dx) float32. Video
+        models (``backend="hf"``, V-JEPA 2) also take clips (B, T, 3, H, W)."""
         tokens, _ = self._tokens(pixels)
         return tokens.float()
 

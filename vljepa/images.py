@@ -87,9 +87,15 @@ def image_key(x: Any) -> str:
     """A content hash of an image, for the feature cache (sha256 hex).
 
     Files and encoded bytes hash their bytes, so the same file under two names shares a key;
-    decoded images hash their mode, size and pixels.
+    decoded images hash their mode, size and pixels. A clip (a list or tuple of frames, for
+    video X-encoders) hashes its frames' keys in order.
     """
     h = hashlib.sha256()
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError("a clip needs at least one frame")
+        h.update(b"clip:" + ",".join(image_key(f) for f in x).encode())
+        return h.hexdigest()
     if isinstance(x, dict) and ("bytes" in x or "path" in x):
         x = x.get("bytes") or x["path"]
     if isinstance(x, (str, os.PathLike)):

@@ -36,13 +36,7 @@ def iter_frames(path: str | os.PathLike, fps: float | None = None,
         raise ValueError(f"fps must be > 0, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no video file at {str(path)!r}")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        raise ValueError(f"{str(path)!r} is not a readable video: {e}") from e
-    with container:
+    with _open(path) as container:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
         stream = container.streams.video[0]
@@ -100,3 +94,34 @@ def write_video(path: str | os.PathLike, frames: Sequence, fps: float = 10,
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def sample_clip(path: str | os.PathLike, num_frames: int) -> list:
+    """``num_frames`` RGB PIL frames spread uniformly over the whole video (the first and last
+    included when there are enough), as video encoders such as V-JEPA 2 take their clips.
+    A video shorter than ``num_frames`` repeats frames. Raises as :func:`iter_frames`."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    with _open(path) as container:
+        total = container.streams.video[0].frames if container.streams.video else 0
+    if total <= 0:  # the container does not say: count by decoding
+        total = sum(1 for _ in iter_frames(path))
+    if total == 0:
+        raise ValueError(f"{str(path)!r} holds no video frames")
+    wanted = [round(i * (total - 1) / max(num_frames - 1, 1)) for i in range(num_frames)]
+    frames: dict[int, Any] = {}
+    for i, (_, frame) in enumerate(iter_frames(path, max_frames=wanted[-1] + 1)):
+        if i in wanted:
+            frames[i] = frame
+    return [frames[min(i, max(frames))] for i in wanted]
+
+
+def _open(path: str | os.PathLike):
+    """An open PyAV container; FileNotFoundError / ValueError naming the file otherwise."""
+    av = _av()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no video file at {str(path)!r}")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as e:
+        raise ValueError(f"{str(path)!r} is not a readable video: {e}") from e

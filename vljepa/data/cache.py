@@ -69,7 +69,7 @@ class FeatureCache:
         """Encode the images whose keys are not cached yet.
 
         Args:
-            images: key -> anything :func:`load_image` accepts.
+            images: key -> anything :func:`load_image` accepts, or a clip (a list of frames).
             encode: pixels (B, 3, H, W) -> visual tokens (B, N, Dx), e.g. the ``XEncoder``.
             transform: PIL image -> (3, H, W), the encoder's preprocessing.
         Returns: how many images were encoded.
@@ -85,7 +85,7 @@ class FeatureCache:
             keys = todo[s:s + shard_size]
             out = []
             for b in range(0, len(keys), batch_size):
-                pixels = torch.stack([transform(load_image(images[k]))
+                pixels = torch.stack([_pixels(images[k], transform)
                                       for k in keys[b:b + batch_size]])
                 out.append(encode(pixels).cpu())
                 bar.update(len(pixels))
@@ -114,3 +114,10 @@ class FeatureCache:
                 out = torch.empty(len(keys), *tokens.shape[1:], dtype=torch.float16)
             out[positions] = tokens[[index[keys[p]][1] for p in positions]]
         return out
+
+
+def _pixels(item: Any, transform: Callable) -> torch.Tensor:
+    """An image -> (3, H, W); a clip (list / tuple of frames) -> (T, 3, H, W)."""
+    if isinstance(item, (list, tuple)):
+        return torch.stack([transform(load_image(f)) for f in item])
+    return transform(load_image(item))
