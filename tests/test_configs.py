@@ -1,12 +1,23 @@
 """Every Hydra config composes, and everything in it instantiates."""
+import os
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from conftest import CONFIGS, compose
 
 GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml"))
           for g in CONFIGS.iterdir() if g.is_dir()}
+
+
+def _names_hub_models(cfg) -> bool:
+    """True when the model config names an X-encoder that is a hub id, not a local directory."""
+    x = cfg.model.get("config", {}).get("x_encoder", {})
+    return x.get("backend") == "hf" and not Path(x.get("name", "")).exists()
 
 
 def _options():
@@ -27,6 +38,14 @@ def test_config_composes_and_instantiates(group, name, model, tmp_path, cache_di
     assert model_cfg.get("embed_dim", 1) > 0  # the VLM baseline has no shared space
     if group == "trainer" and cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU on this machine: composed only")
+    if group in ("model", "experiment") and _names_hub_models(cfg) and \
+            os.environ.get("HF_HUB_OFFLINE") == "1":
+        # the paper's models are hub ids: offline they must fail fast, saying which and why
+        t = time.perf_counter()
+        with pytest.raises(InstantiationException, match="could not load .*local cache"):
+            instantiate(cfg.model, _convert_="all")
+        assert time.perf_counter() - t < 60
+        return
     if group in ("model", "experiment"):
         built = instantiate(cfg.model, _convert_="all")  # builds both encoders
         if "config" in cfg.model:

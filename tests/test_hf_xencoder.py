@@ -12,19 +12,6 @@ FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def tiny_vjepa2(tmp_path_factory):
-    from transformers import VJEPA2Config, VJEPA2Model
-
-    torch.manual_seed(0)
-    cfg = VJEPA2Config(crop_size=32, frames_per_clip=FRAMES, tubelet_size=2, patch_size=8,
-                       hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                       pred_hidden_size=16, pred_num_hidden_layers=1, pred_num_attention_heads=2)
-    d = tmp_path_factory.mktemp("tiny-vjepa2")
-    VJEPA2Model(cfg).save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def encoder(tiny_vjepa2):
     return XEncoder(XEncoderConfig(backend="hf", name=tiny_vjepa2, weights=None,
                                    feature_index=None))

@@ -8,24 +8,6 @@ import vljepa
 from conftest import TINY_PREDICTOR
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A 4-layer random LlamaForCausalLM + a tokenizer, saved as a local model directory."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from vljepa.encoders import resolve_st_name
-
-    tok = AutoTokenizer.from_pretrained(resolve_st_name("all-MiniLM-L6-v2"))  # any tokenizer
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
-    d = tmp_path_factory.mktemp("tiny-llama")
-    lm.save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
-
-
 def llm_model(path, layers=2):
     torch.manual_seed(0)
     return vljepa.create_model({"predictor": dict(TINY_PREDICTOR, kind="llm", llm=path,

@@ -45,8 +45,15 @@ def trained_state_dict(model: VLJEPA) -> dict[str, torch.Tensor]:
     frozen = ["x_encoder."]
     if not model.config.y_encoder.trainable:
         frozen.append("y_encoder.")
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-            if not k.startswith(tuple(frozen))}
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if k.startswith(tuple(frozen)):
+            continue
+        if v.numel() and (v.data_ptr(), v.shape) in seen:
+            continue  # an alias (e.g. the Y-encoder's token table): saved once, under its first name
+        seen.add((v.data_ptr(), v.shape))
+        out[k] = v.detach().cpu().contiguous()
+    return out
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -158,17 +158,20 @@ class LitVLJEPA(L.LightningModule):
     """Trains a :class:`VLJEPA` with its configured loss; validates and tests VQA accuracy by
     nearest-candidate answering over the datamodule's answer vocabulary.
 
-    Optimiser: AdamW, linear warm-up then cosine decay to ``min_lr_frac * lr``, stepped per batch.
+    Optimiser: AdamW, linear warm-up then cosine decay to ``min_lr_frac * lr`` (``schedule=
+    "cosine"``) or a constant rate (``"constant"``; the paper uses both), stepped per batch.
     Checkpoints hold only the trained tensors (the frozen encoders are rebuilt from their ids).
     """
 
     def __init__(self, model: VLJEPA, lr: float = 2e-3, weight_decay: float = 0.05,
-                 warmup_frac: float = 0.05, min_lr_frac: float = 0.01):
+                 warmup_frac: float = 0.05, min_lr_frac: float = 0.01, schedule: str = "cosine"):
         super().__init__()
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
         self.model = model
         self.save_hyperparameters({"model_config": model.config.to_dict(), "lr": lr,
                                    "weight_decay": weight_decay, "warmup_frac": warmup_frac,
-                                   "min_lr_frac": min_lr_frac})
+                                   "min_lr_frac": min_lr_frac, "schedule": schedule})
         self.strict_loading = False  # frozen encoders are not in the checkpoint
         self.val_acc = MeanMetric()
         self.test_acc = torch.nn.ModuleDict()
@@ -225,6 +228,8 @@ class LitVLJEPA(L.LightningModule):
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            if hp.get("schedule", "cosine") == "constant":
+                return 1.0
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return hp.min_lr_frac + (1 - hp.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
