@@ -73,3 +73,20 @@ def test_bad_columns_are_named(model, tmp_path):
                              transform=model.x_encoder.transform)
     with pytest.raises(ValueError, match=r"no column\(s\) \['image'\]"):
         list(data)
+
+
+def test_train_py_on_a_local_caption_dataset(tmp_path, cache_dir):
+    from conftest import compose
+    from train import train
+
+    for split, n in (("train", 24), ("val", 6), ("test", 6)):
+        write_parquet(tmp_path / f"{split}.parquet", n)
+    files = "{" + ", ".join(f"{s}: {tmp_path / s}.parquet" for s in ("train", "val", "test")) + "}"
+    cfg = compose(["data=hf_captions", "model.config.predictor.width=32",
+                   "model.config.predictor.depth=1", "model.config.predictor.heads=2",
+                   "trainer.enable_progress_bar=false", f"data.source_kwargs.data_files={files}",
+                   "data.source_kwargs.image_column=jpg", "data.source_kwargs.caption_column=txt",
+                   f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={cache_dir}",
+                   "run_name=test", "data.batch_size=8", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    assert "test/acc" in metrics and 0 <= metrics["test/acc"] <= 1

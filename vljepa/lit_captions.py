@@ -87,7 +87,9 @@ class CaptionDataModule(L.LightningDataModule):
     Args:
         model: the VLJEPA being trained (its X-encoder fills the feature cache).
         source: "openmoji" (glyphs and their Unicode names) or "scenes" (OpenMoji glyphs,
-            easy-VQA shapes "red circle" and scikit-image photos; vljepa.data.captions.scenes).
+            easy-VQA shapes "red circle" and scikit-image photos; vljepa.data.captions.scenes)
+            or "hf" (any image-caption dataset, ``source_kwargs`` = path, name, data_files,
+            image_column, caption_column, splits, max_samples; vljepa.data.captions.hf_captions).
         vqa: None for captions only (stage 1), or keyword arguments for a
             :class:`vljepa.lit.VQADataModule` whose questions join every split (stage 2).
         templates: caption templates, e.g. ``["{}", "an emoji of {}"]``.
@@ -101,7 +103,7 @@ class CaptionDataModule(L.LightningDataModule):
     """
 
     def __init__(self, model: VLJEPA, vqa: dict | None = None, source: str = "openmoji",
-                 templates: Sequence[str] = ("{}",),
+                 source_kwargs: dict | None = None, templates: Sequence[str] = ("{}",),
                  caption_repeat: int = 1, image_size: int = 128, test_fraction: float = 0.2, val_fraction: float = 0.1,
                  batch_size: int = 256, eval_batch_size: int = 1024, encode_batch_size: int = 64,
                  cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
@@ -115,7 +117,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.model, self.templates, self.caption_repeat = model, list(templates), caption_repeat
         self.source = source
         self.split_kwargs = dict(image_size=image_size, test_fraction=test_fraction,
-                                 val_fraction=val_fraction, seed=seed)
+                                 val_fraction=val_fraction, seed=seed, **dict(source_kwargs or {}))
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.encode_batch_size, self.num_workers = encode_batch_size, num_workers
         self.cache = FeatureCache(cache_dir or default_cache_dir(), model.x_encoder.fingerprint)

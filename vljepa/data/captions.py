@@ -192,4 +192,29 @@ def scenes(split: str, image_size: int = 128, test_fraction: float = 0.2,
     return datasets.concatenate_datasets(parts)
 
 
-CAPTION_SOURCES = {"openmoji": openmoji, "scenes": scenes}
+def hf_captions(split: str, path: str, name: str | None = None, data_files=None,
+                image_column: str = "image", caption_column: str = "caption",
+                splits: dict | None = None, max_samples: int | None = None, seed: int = 0,
+                **_) -> datasets.Dataset:
+    """Any image-caption dataset ``datasets.load_dataset`` opens (a hub name, or "parquet" /
+    "json" / "imagefolder" with ``data_files``), as columns image (``Image(decode=False)``) and
+    caption. ``splits`` maps our "train" / "val" / "test" to the dataset's split names (default:
+    the same names). Raises ValueError naming a missing column."""
+    if hasattr(data_files, "items"):  # a mapping from a config system: plain dict / lists
+        data_files = {k: v if isinstance(v, str) else list(v) for k, v in data_files.items()}
+    elif data_files is not None and not isinstance(data_files, str):
+        data_files = list(data_files)
+    ds = datasets.load_dataset(path, name, data_files=data_files,
+                               split=(splits or {}).get(split, split))
+    absent = [c for c in (image_column, caption_column) if c not in ds.column_names]
+    if absent:
+        raise ValueError(f"dataset {path!r} split {split!r} has no column(s) {absent}; it has "
+                         f"{ds.column_names}")
+    ds = ds.select_columns([image_column, caption_column]).rename_columns(
+        {k: v for k, v in ((image_column, "image"), (caption_column, "caption")) if k != v})
+    if max_samples is not None and max_samples < len(ds):
+        ds = ds.shuffle(seed=seed).select(range(max_samples))
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+CAPTION_SOURCES = {"openmoji": openmoji, "scenes": scenes, "hf": hf_captions}
