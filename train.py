@@ -30,6 +30,8 @@ def init_weights(model, source: str) -> None:
     from vljepa.ternary import init_from_full_precision
 
     src = vljepa.load(source)
+    if getattr(model, "y_decoder", None) is None and getattr(src, "y_decoder", None) is not None:
+        src.y_decoder, src.config.y_decoder = None, None  # keep the VL-JEPA, leave its Y-decoder
     if model.config.predictor.quant == "ternary" and src.config.predictor.quant == "none":
         init_from_full_precision(model, src)
     else:
@@ -70,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "== vljepa run summary ==",
             *(f"{k}: {v:.4f}" for k, v in metrics.items()),
             f"trainable parameters: {trainable:,}" + (
-                f" (predictor {sum(p.numel() for p in model.predictor.parameters()):,})"
+                f" (predictor {sum(p.numel() for p in model.predictor.parameters() if p.requires_grad):,})"
                 if hasattr(model, "predictor") else ""),
             *([f"X-encoder features computed this run: {data.cache.computed} images "
                f"in {data.cache.seconds:.1f} s"] if hasattr(data, "cache") else []),
