@@ -27,7 +27,7 @@ from torch import nn
 from .config import XEncoderConfig, YEncoderConfig, _build
 from .encoders import XEncoder, YEncoder
 from .model import check_texts
-from .text_decoder import CausalTextDecoder
+from .text_decoder import CausalTextDecoder, corpus_vocab
 from .y_decoder import special_ids
 
 FORMAT = "vljepa-vlm-baseline/1"
@@ -111,7 +111,7 @@ class VLMBaseline(nn.Module):
         Raises RuntimeError if the decoder already exists with another vocabulary.
         """
         ids, mask = self.tokenize_texts(list(dict.fromkeys(texts)))
-        vocab = sorted(set(ids[mask].tolist()) - {self._special_ids()[0]})
+        vocab = corpus_vocab(ids, mask, self._special_ids()[0])
         if self.decoder is not None:
             if vocab != self.config.output_vocab:
                 raise RuntimeError("the decoder already has a different output vocabulary")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from .config import YDecoderConfig
 from .model import VLJEPA
+from .text_decoder import corpus_vocab
 from .y_decoder import special_ids
 
 # The text sources a corpus can draw from (any text serves: the decoder never sees images).
@@ -163,8 +164,8 @@ class LitYDecoder(L.LightningModule):
             # the softmax covers exactly the tokens of the training texts (decided once, saved)
             cfg = YDecoderConfig(**self.decoder_cfg)
             ids, mask = self.model.y_encoder.tokenize(self.trainer.datamodule.vocab, cfg.max_len)
-            bos = special_ids(self.model.y_encoder.model.tokenizer)[0]  # never emitted
-            cfg.output_vocab = sorted(set(ids[mask].tolist()) - {bos})
+            cfg.output_vocab = corpus_vocab(ids, mask,
+                                            special_ids(self.model.y_encoder.model.tokenizer)[0])
             self.model.add_y_decoder(cfg)
         self.model.requires_grad_(False)
         self.model.y_decoder.requires_grad_(True)

@@ -80,12 +80,12 @@ class VLJEPA(nn.Module):
 
         Greedy with ``num_beams=1``, else beam search; at most ``max_new_tokens`` tokens.
         Raises RuntimeError when the model has no Y-decoder (train one with
-        ``python train.py experiment=y_decoder init_from=...``), ValueError for a wrong shape,
+        ``python train.py experiment=y_decoder model.name_or_path=...``), ValueError for a wrong shape,
         an empty batch, or NaN / inf embeddings.
         """
         if self.y_decoder is None:
             raise RuntimeError("this model has no Y-decoder: train one with `python train.py "
-                               "experiment=y_decoder init_from=<this model>`")
+                               "experiment=y_decoder model.name_or_path=<this model>`")
         return self.y_decoder.decode(embeddings, max_new_tokens, num_beams)
 
     @property

@@ -20,6 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def corpus_vocab(ids: torch.Tensor, mask: torch.Tensor, bos_id: int) -> list[int]:
+    """The token ids a tokenised corpus uses ((B, L) ids and mask), BOS left out (never
+    emitted): the ``output_vocab`` of a decoder that writes that corpus."""
+    return sorted(set(ids[mask].tolist()) - {bos_id})
+
+
 class CausalTextDecoder(nn.Module):
     """Prefix-conditioned causal text decoder.
 
