@@ -16,30 +16,15 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vljepa import init_from
+from vljepa.training.configs import register_configs
+
+register_configs()  # the library's named model configs, which configs/model/*.yaml start from
+
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def init_weights(model, source: str) -> None:
-    """Copy a saved model's trained weights into ``model``: same config, or a full-precision
-    model into a ternary one (a QAT fine-tune, vljepa.ternary.init_from_full_precision)."""
-    import vljepa
-    from vljepa.factory import check_config, load_trained_weights, trained_state_dict
-    from vljepa.ternary import init_from_full_precision
-
-    src = vljepa.load(source)
-    if getattr(model, "y_decoder", None) is None and getattr(src, "y_decoder", None) is not None:
-        src.y_decoder, src.config.y_decoder = None, None  # keep the VL-JEPA, leave its Y-decoder
-    if model.config.predictor.quant == "ternary" and src.config.predictor.quant == "none":
-        init_from_full_precision(model, src)
-    else:
-        check_config(model.config, src.config, source)
-        if src.config.predictor.quant == "ternary":
-            raise ValueError(f"{source} is a packed ternary export (inference only); to continue "
-                             "training use its Lightning checkpoint: ckpt_path=...ckpt")
-        load_trained_weights(model, trained_state_dict(src), source)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -48,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model, _convert_="all")
     if cfg.get("init_from"):
-        init_weights(model, cfg.init_from)
+        init_from(model, cfg.init_from)
     module = instantiate(cfg.module, model=model)
     data = instantiate(cfg.data, model=model)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
@@ -63,8 +48,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(module, datamodule=data, ckpt_path=best or None)
         metrics = {k: float(v) for k, v in results[0].items()}
     if trainer.is_global_zero:
-        if hasattr(data, "answer_vocab"):  # a text-only run (the Y-decoder) keeps the model's
-            model.answers = list(data.answer_vocab or []) or None
+        if data.answer_vocabulary:  # a text-only run (the Y-decoder) keeps the model's own
+            model.answers = list(data.answer_vocabulary)
         if cfg.get("export"):
             model.save_pretrained(Path(cfg.paths.output_dir) / "model")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -75,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 f" (predictor {sum(p.numel() for p in model.predictor.parameters() if p.requires_grad):,})"
                 if hasattr(model, "predictor") else ""),
             *([f"X-encoder features computed this run: {data.cache.computed} images "
-               f"in {data.cache.seconds:.1f} s"] if hasattr(data, "cache") else []),
+               f"in {data.cache.seconds:.1f} s"] if data.cache is not None else []),
             f"wall time: {time.perf_counter() - start:.1f} s (fit incl. caching {fit_seconds:.1f} s)",
             f"peak RSS: {peak_rss_mib():.0f} MiB",
             f"outputs: {cfg.paths.output_dir}",

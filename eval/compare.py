@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _timing import median_ms
-from vljepa.evaluate import cider
+from vljepa.evaluate import cider, median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"VL-JEPA": [], "baseline": ["model=vlm_baseline"]}
@@ -40,8 +39,11 @@ MODELS = {"VL-JEPA": [], "baseline": ["model=vlm_baseline"]}
 
 def compose(kind: str, visual_pool: int, seed: int):
     from hydra import compose as hydra_compose, initialize_config_dir
+
+    from vljepa.training.configs import register_configs
     pool = ("model.config.visual_pool" if kind == "baseline"
             else "model.config.predictor.visual_pool")
+    register_configs()  # the named model configs that configs/model/*.yaml start from
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose("train", overrides=MODELS[kind] + [
             "data=openmoji_vqa", f"{pool}={visual_pool}", f"seed={seed}", "run_name=compare"])
@@ -94,11 +96,11 @@ def held_out(data, vqa_test: int, seed: int) -> dict:
     v = data.vqa.test_set
     rows = sorted(random.Random(seed).sample(range(len(v)), min(vqa_test, len(v))))
     vqa = v.__getitems__(rows)
-    ds, _, keys = data._load("test")
+    ds, _, keys = data.load_split("test")
     names = list(ds["caption"])
-    train_names = sorted(set(data._load("train")[0]["caption"]))
+    train_names = sorted(set(data.load_split("train")[0]["caption"]))
     classes = sorted(set(names))
-    return {"vqa": vqa, "vqa_vocab": list(data.vqa.vocab), "emoji_visual": data.cache.load(keys),
+    return {"vqa": vqa, "vqa_vocab": list(data.vqa.candidates), "emoji_visual": data.cache.load(keys),
             "emoji_names": names, "classes": classes, "train_names": train_names,
             "emoji_targets": torch.tensor([classes.index(n) for n in names])}
 
@@ -232,7 +234,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iters", type=int, default=20, help="timed calls per latency figure")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="results/compare")
+    ap.add_argument("--out", default=str(ROOT / "results" / "compare"))
     ap.add_argument("--replot", action="store_true", help="only rewrite the table and plots")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -31,11 +31,13 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]  # defaults resolve from the repo, not the cwd
+
 
 def build_pool(n_emoji: int, n_vqa: int, seed: int) -> list[tuple]:
     """(PIL image, caption) pictures to draw segments from."""
     from vljepa.data.captions import easy_vqa_captions, openmoji, skimage_photos
-    from vljepa.images import load_image
+    from vljepa.inputs import load_image
 
     rng = random.Random(seed)
     pool = []
@@ -200,7 +202,7 @@ def report(res: dict, out: Path) -> str:
 
 
 def overhead(model, emb: torch.Tensor, visual: torch.Tensor) -> dict:
-    from _timing import median_ms
+    from vljepa.evaluate import median_ms
     from vljepa.selective import SelectiveDecoder
     sd = SelectiveDecoder(decode=lambda e: [""] * len(e), threshold=0.3, window=2)
     t = time.perf_counter()
@@ -214,7 +216,7 @@ def overhead(model, emb: torch.Tensor, visual: torch.Tensor) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="checkpoints/y_decoder/model")
+    ap.add_argument("--model", default=str(ROOT / "checkpoints" / "y_decoder" / "model"))
     ap.add_argument("--streams", type=int, default=40)
     ap.add_argument("--segments", type=int, nargs=2, default=(4, 8), help="per stream, min max")
     ap.add_argument("--seg-frames", type=int, nargs=2, default=(6, 30), help="per segment, min max")
@@ -225,7 +227,7 @@ def main(argv=None) -> None:
     ap.add_argument("--emoji", type=int, default=200, help="OpenMoji glyphs in the picture pool")
     ap.add_argument("--vqa", type=int, default=200, help="easy-VQA test images in the pool")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="results/selective")
+    ap.add_argument("--out", default=str(ROOT / "results" / "selective"))
     ap.add_argument("--replot", action="store_true")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -27,7 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _timing import median_ms
+from vljepa.evaluate import median_ms
+
+ROOT = Path(__file__).resolve().parents[1]  # defaults resolve from the repo, not the cwd
 
 HERE = Path(__file__).resolve().parent
 
@@ -114,7 +116,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--iters", type=int, default=10, help="timed calls per latency, per worker")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true")
-    ap.add_argument("--out", default="results/ternary.md")
+    ap.add_argument("--out", default=str(ROOT / "results" / "ternary.md"))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

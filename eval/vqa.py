@@ -17,7 +17,8 @@ import time
 import lightning as L
 
 import vljepa
-from vljepa.lit import LitVLJEPA, VQADataModule
+from vljepa.training.datamodules import VQADataModule
+from vljepa.training.modules import LitVLJEPA
 
 
 def main(argv=None) -> dict[str, float]:

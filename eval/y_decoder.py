@@ -18,8 +18,11 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # defaults resolve from the repo, not the cwd
 
 
 def score(name: str, refs: list[str], hyps: list[str]) -> dict:
@@ -34,7 +37,7 @@ def score(name: str, refs: list[str], hyps: list[str]) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="checkpoints/y_decoder/model")
+    ap.add_argument("--model", default=str(ROOT / "checkpoints" / "y_decoder" / "model"))
     ap.add_argument("--vqa-test", type=int, default=2000, help="easy-VQA test questions scored")
     ap.add_argument("--beams", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -45,7 +48,7 @@ def main(argv=None) -> None:
     from vljepa.data.captions import scenes
     from vljepa.data.vqa import load_vqa
     from vljepa.evaluate import cached_visual_tokens
-    from vljepa.lit_ydecoder import TextCorpusDataModule
+    from vljepa.training.datamodules import TextCorpusDataModule
 
     torch.manual_seed(args.seed)
     model = vljepa.load(args.model)

@@ -46,7 +46,7 @@ def easy_vqa_test_image() -> str:
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from vljepa.encoders import resolve_st_name
+    from vljepa.modules.encoders import resolve_st_name
     return AutoTokenizer.from_pretrained(resolve_st_name("all-MiniLM-L6-v2"))
 
 
@@ -104,6 +104,9 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from vljepa.training.configs import register_configs
+
+    register_configs()  # as train.py does at import
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)

@@ -77,9 +77,8 @@ def test_mismatched_or_missing_encoders_are_named(saved, tmp_path):
 
 
 def test_lightning_checkpoint_converts_in_one_call(model, tmp_path, easy_vqa_test_image):
-    from vljepa.factory import trained_state_dict
     ckpt = {"hyper_parameters": {"model_config": model.config.to_dict()},
-            "state_dict": {f"model.{k}": v for k, v in trained_state_dict(model).items()},
+            "state_dict": {f"model.{k}": v for k, v in model.trained_state_dict().items()},
             "vljepa_answers": ["yes", "no"]}  # the layout LitVLJEPA writes
     torch.save(ckpt, tmp_path / "last.ckpt")
     out = vljepa.convert_checkpoint(tmp_path / "last.ckpt", tmp_path / "model")
@@ -139,8 +138,8 @@ def test_answer_without_candidates_needs_a_saved_vocabulary(model, easy_vqa_test
 
 
 def test_caption_rows_are_query_free(model):
-    from vljepa.lit_captions import CaptionFeatures, MixedFeatures
-    from vljepa.lit import VQAFeatures
+    from vljepa.training.features import CaptionFeatures, MixedFeatures
+    from vljepa.training.features import VQAFeatures
     torch.manual_seed(0)
     feats = torch.randn(3, 49, 320).half()
     cap = CaptionFeatures(feats, torch.tensor([3, 4, 5]), ["a", "b", "c", "x", "y", "z"],

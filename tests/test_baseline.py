@@ -4,7 +4,7 @@ import torch
 
 import vljepa
 from vljepa.baseline import VLMBaseline, create_baseline
-from vljepa.text_decoder import CausalTextDecoder
+from vljepa.modules.text_decoder import CausalTextDecoder
 
 from conftest import compose
 

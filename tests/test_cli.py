@@ -77,18 +77,17 @@ def test_convert_a_lightning_checkpoint_of_the_released_model(capsys, tmp_path):
     import torch
 
     import vljepa
-    from vljepa.factory import trained_state_dict
     released = vljepa.load(RELEASED)
     ckpt = {"hyper_parameters": {"model_config": released.config.to_dict()},  # LitVLJEPA's layout
-            "state_dict": {f"model.{k}": v for k, v in trained_state_dict(released).items()},
+            "state_dict": {f"model.{k}": v for k, v in released.trained_state_dict().items()},
             "vljepa_answers": released.answers}
     torch.save(ckpt, tmp_path / "last.ckpt")
     code, _, err = run(capsys, "convert", tmp_path / "last.ckpt", tmp_path / "model")
     assert code == 0 and "wrote" in err
     converted = vljepa.load(tmp_path / "model")
     assert converted.answers == released.answers
-    for k, v in trained_state_dict(released).items():
-        assert torch.equal(trained_state_dict(converted)[k], v), k
+    for k, v in released.trained_state_dict().items():
+        assert torch.equal(converted.trained_state_dict()[k], v), k
 
 
 def test_clear_errors(capsys, tmp_path):

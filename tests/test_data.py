@@ -3,7 +3,7 @@ import datasets
 import pytest
 
 from vljepa.data.vqa import easy_vqa, load_vqa
-from vljepa.lit import VQADataModule
+from vljepa.training.datamodules import VQADataModule
 
 
 def test_easy_vqa_has_the_published_sizes():

@@ -1,4 +1,4 @@
-"""Feature extraction as a streaming, resumable Lightning predict job (vljepa/lit_extract.py)."""
+"""Feature extraction as a streaming, resumable Lightning predict job (vljepa/training/extract.py)."""
 import io
 
 import numpy as np
@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from vljepa.data.cache import FeatureCache
-from vljepa.lit_extract import StreamingCaptions, extract_features
+from vljepa.data.streaming import StreamingCaptions
+from vljepa.training.extract import extract_features
 
 
 def write_parquet(path, n=10):
@@ -44,7 +45,7 @@ def test_streamed_videos_become_clips(tmp_path, tiny_vjepa2):
     import json
 
     from vljepa.config import XEncoderConfig
-    from vljepa.encoders import XEncoder
+    from vljepa.modules.encoders import XEncoder
     from vljepa.video import write_video
 
     enc = XEncoder(XEncoderConfig(backend="hf", name=tiny_vjepa2, weights=None, feature_index=None))

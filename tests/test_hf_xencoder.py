@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from vljepa.config import XEncoderConfig
-from vljepa.encoders import XEncoder
+from vljepa.modules.encoders import XEncoder
 
 FRAMES = 4
 
@@ -32,7 +32,7 @@ def test_images_are_repeated_into_clips(encoder):
 
 def test_clips_go_through_the_feature_cache(encoder, tmp_path):
     from vljepa.data.cache import FeatureCache
-    from vljepa.images import image_key
+    from vljepa.inputs import image_key
 
     frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(FRAMES)]
     clips = {image_key(frames): frames, image_key(frames[::-1]): frames[::-1]}

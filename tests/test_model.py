@@ -96,7 +96,7 @@ def test_grayscale_and_rgba_images_are_converted(model):
     chw = torch.rand(3, 64, 64)
     tokens = model.visual_tokens([gray, rgba, arr, chw])
     assert tokens.shape[0] == 4 and torch.isfinite(tokens).all()
-    from vljepa.images import load_image
+    from vljepa.inputs import load_image
     assert load_image(rgba).getpixel((0, 0)) == (255, 255, 255)  # composited on white
 
 
@@ -126,9 +126,9 @@ def test_checkpoint_from_a_different_config_is_a_clear_error(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
     other = vljepa.create_model({"predictor": {**TINY_PREDICTOR, "width": 48}})
     from safetensors.torch import load_file
-    from vljepa.factory import check_config, load_trained_weights
+    from vljepa.config import check_config
     with pytest.raises(ValueError, match="does not fit this model config.*predictor"):
-        load_trained_weights(other, load_file(str(tmp_path / "m" / "model.safetensors")), "ckpt")
+        other.load_trained(load_file(str(tmp_path / "m" / "model.safetensors")), "ckpt")
     with pytest.raises(ValueError, match=r"predictor\.width: 48 != 32"):
         check_config(other.config, model.config, "the checkpoint")
 

@@ -7,8 +7,8 @@ from safetensors.torch import load_file, save_file
 
 import vljepa
 from conftest import TINY_PREDICTOR
-from vljepa import ternary as T
-from vljepa.factory import trained_state_dict
+from vljepa.modules import bitlinear as T
+from vljepa.quantize import quantize
 
 TERNARY = {**TINY_PREDICTOR, "quant": "ternary"}
 
@@ -138,9 +138,9 @@ def test_corrupt_packed_tensor_is_a_clear_error(ternary_model, tmp_path):
 
 
 def test_quantize_converts_a_full_precision_model(model):
-    q = T.quantize(model)
+    q = quantize(model)
     assert q.config.predictor.quant == "ternary" and model.config.predictor.quant == "none"
-    fp, tq = trained_state_dict(model), trained_state_dict(q)
+    fp, tq = model.trained_state_dict(), q.trained_state_dict()
     assert torch.equal(fp["predictor.blocks.layers.0.linear1.weight"],
                        tq["predictor.blocks.layers.0.fc1.weight"])
     assert torch.equal(fp["predictor.head.weight"], tq["predictor.head.weight"])
@@ -148,7 +148,7 @@ def test_quantize_converts_a_full_precision_model(model):
         a, b = model(*_inputs(model)), q.eval()(*_inputs(q))
     assert a.shape == b.shape and not torch.equal(a, b)
     with pytest.raises(ValueError, match="quant='none'"):
-        T.quantize(q)
+        quantize(q)
 
 
 def test_unknown_quant_mode_is_an_error():

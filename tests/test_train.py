@@ -16,7 +16,7 @@ from vljepa.data.cache import FeatureCache
 
 def test_a_tiny_training_run_lowers_the_loss(model):
     import lightning as L
-    from vljepa.lit import LitVLJEPA
+    from vljepa.training.modules import LitVLJEPA
 
     torch.manual_seed(0)
     m = vljepa.create_model({"predictor": TINY_PREDICTOR})
@@ -95,9 +95,9 @@ def test_warm_cache_skips_the_x_encoder(tmp_path, cache_dir, model):
 
 
 def test_cache_key_covers_encoder_preprocessing_and_content(tmp_path, easy_vqa_test_image):
-    from vljepa.encoders import XEncoder
+    from vljepa.modules.encoders import XEncoder
     from vljepa.config import XEncoderConfig
-    from vljepa.images import image_key
+    from vljepa.inputs import image_key
 
     full = XEncoder(XEncoderConfig(crop_pct=1.0))
     cropped = XEncoder(XEncoderConfig(crop_pct=0.875))
@@ -108,7 +108,7 @@ def test_cache_key_covers_encoder_preprocessing_and_content(tmp_path, easy_vqa_t
     assert cache.compute({key: easy_vqa_test_image}, full, full.transform, progress=False) == 1
     assert cache.compute({key: easy_vqa_test_image}, full, full.transform, progress=False) == 0
     cached = cache.load([key]).float()
-    fresh = full(full.transform(vljepa.images.load_image(easy_vqa_test_image))[None])
+    fresh = full(full.transform(vljepa.inputs.load_image(easy_vqa_test_image))[None])
     assert torch.allclose(cached, fresh, atol=1e-2, rtol=1e-2)  # stored as float16
     other = FeatureCache(tmp_path, cropped.fingerprint)
     assert other.missing([key]) == [key]

@@ -6,14 +6,17 @@ and serve on an ordinary CPU.
     model = vljepa.load("checkpoints/<run>/model")  # a trained model, in eval mode
     answers, scores = model.answer(images, questions, candidates)
     vljepa.quantize(model).save_pretrained("out")  # ternary (BitNet b1.58), packed 2-bit
-"""
-__version__ = "0.1.0"  # before the imports: factory reads it
 
-from .config import LossConfig, ModelConfig, PredictorConfig, XEncoderConfig, YEncoderConfig
-from .factory import convert_checkpoint, create_model, load, save_pretrained
+The library imports neither Lightning nor Hydra: training lives in :mod:`vljepa.training`.
+"""
+from .config import (BaselineConfig, LossConfig, ModelConfig, PredictorConfig, XEncoderConfig,
+                     YDecoderConfig, YEncoderConfig, named_config)
+from .factory import convert_checkpoint, create_model, init_from, load, save_pretrained
 from .model import VLJEPA
-from .ternary import quantize
+from .quantize import quantize
+from .version import __version__
 
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
-           "LossConfig", "create_model", "load", "save_pretrained", "convert_checkpoint",
-           "quantize", "__version__"]
+           "LossConfig", "YDecoderConfig", "BaselineConfig", "named_config", "create_model",
+           "load", "save_pretrained", "convert_checkpoint", "init_from", "quantize",
+           "__version__"]

@@ -5,7 +5,7 @@ predicting the answer's embedding it *generates* the answer text:
 
     image ──X-encoder (frozen)──► visual tokens (B, N, Dx) ──proj──┐
     question ──Y-encoder's tokenizer + token table──► (B, L) ──proj─┴─► prefix (B, N'+L, W)
-    prefix ──► causal text decoder (vljepa/text_decoder.py) ──► answer tokens, cross-entropy
+    prefix ──► causal text decoder (vljepa/modules/text_decoder.py) ──► answer tokens, cross-entropy
 
 Discriminative questions are answered by the lowest perplexity over the candidate answers
 (every candidate is scored after the prefix); open questions and captions by greedy decoding.
@@ -13,10 +13,7 @@ Used by ``python train.py model=vlm_baseline`` and ``eval/compare.py``.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,52 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import XEncoderConfig, YEncoderConfig, _build
-from .encoders import XEncoder, YEncoder
-from .model import check_texts
-from .text_decoder import CausalTextDecoder, corpus_vocab
-from .y_decoder import special_ids
-
-FORMAT = "vljepa-vlm-baseline/1"
-
-
-@dataclass
-class BaselineConfig:
-    """The baseline's encoders (as VL-JEPA's) and its decoder sizes."""
-
-    x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
-    y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)  # tokenizer + token table
-    width: int = 256
-    depth: int = 3
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    max_query_len: int = 24
-    max_answer_len: int = 24  # answer / caption tokens, BOS and EOS included
-    visual_pool: int = 1  # average-pool the token grid by this factor, as VL-JEPA's predictor
-    # Token ids the decoder may emit: set from the training data's texts by the Lightning module
-    # (``set_output_vocab``) and saved, so a loaded model has the same softmax.
-    output_vocab: list[int] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | BaselineConfig) -> BaselineConfig:
-        if isinstance(d, cls):
-            return d
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown baseline config key(s) {sorted(unknown)}")
-        for key, sub in (("x_encoder", XEncoderConfig), ("y_encoder", YEncoderConfig)):
-            if key in d:
-                d[key] = _build(sub, d[key], key)
-        return cls(**d)
+from . import hub
+from .config import BaselineConfig
+from .inputs import check_texts
+from .model import weight_decay_groups
+from .modules.encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
+from .modules.text_decoder import CausalTextDecoder, corpus_vocab
+from .modules.y_decoder import special_ids
 
 
 class VLMBaseline(nn.Module):
-    """Token-prediction VLM over a frozen X-encoder. Build with :func:`create_baseline`."""
+    """Token-generating VLM over a frozen X-encoder. Build with :func:`create_baseline`, load
+    with :func:`vljepa.load`."""
+
+    FORMAT = "vljepa-vlm-baseline/1"  # config.json's "format"
 
     def __init__(self, config: BaselineConfig | dict):
         super().__init__()
@@ -98,7 +63,8 @@ class VLMBaseline(nn.Module):
         bos, eos, pad = self._special_ids()
         n_visual = self.x_encoder.num_tokens
         if cfg.visual_pool > 1:
-            n_visual = int(torch.tensor([-(-g // cfg.visual_pool) for g in self.x_encoder.grid]).prod())
+            h, w = pooled_grid(self.x_encoder.grid, cfg.visual_pool)
+            n_visual = h * w
         self.decoder = CausalTextDecoder(
             self.y_encoder.token_embedding.weight, width=cfg.width, depth=cfg.depth,
             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
@@ -136,13 +102,7 @@ class VLMBaseline(nn.Module):
         A query-free row (captioning) has an all-False query mask, or ``query_ids=None``.
         """
         visual = visual.to(self.device, torch.float32)
-        k = self.config.visual_pool
-        if k > 1:
-            B, N, Dx = visual.shape
-            h, w = self.x_encoder.grid
-            visual = F.avg_pool2d(visual.transpose(1, 2).reshape(B, Dx, h, w), k, ceil_mode=True)
-            visual = visual.flatten(2).transpose(1, 2)
-        v = self.visual_proj(visual)  # (B, N', W)
+        v = self.visual_proj(pool_tokens(visual, self.x_encoder.grid, self.config.visual_pool))
         keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
         if query_ids is None:
             return v, keep
@@ -156,19 +116,27 @@ class VLMBaseline(nn.Module):
                                "(the Lightning module does it from the training data)")
         return self.decoder
 
-    def loss(self, visual, query_ids, query_mask, texts: Sequence[str]) -> torch.Tensor:
-        """Mean token cross-entropy of ``texts`` (B strings) after the prefix (scalar)."""
+    def loss(self, visual: torch.Tensor, query_ids: torch.Tensor | None,
+             query_mask: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        """Mean token cross-entropy (nats, scalar float32) of ``texts`` (B strings) after the
+        prefix of visual tokens (B, N, Dx) and query ids / mask (B, L).
+
+        Raises RuntimeError before :meth:`set_output_vocab`, ValueError for a text token outside
+        the output vocabulary."""
         ids, mask = self.tokenize_texts(texts)
         p, pm = self.prefix(visual, query_ids, query_mask)
         return self._need_decoder().loss(p, pm, ids.to(self.device), mask.to(self.device))
 
     @torch.no_grad()
-    def candidate_scores(self, visual, query_ids, query_mask, candidates: Sequence[str],
+    def candidate_scores(self, visual: torch.Tensor, query_ids: torch.Tensor | None,
+                         query_mask: torch.Tensor | None, candidates: Sequence[str],
                          chunk: int = 4096) -> torch.Tensor:
-        """(B, C) mean log-probability per token of each candidate (minus log perplexity).
+        """(B, C) float32 mean log-probability per token of each of the C candidates (minus log
+        perplexity) after each prefix (visual (B, N, Dx), query ids / mask (B, L)).
 
         Every one of the B x C (prefix, candidate) pairs runs through the decoder, in chunks of
         ``chunk`` sequences: this is the cost VL-JEPA's nearest-neighbour answering avoids.
+        Raises as :meth:`loss`.
         """
         dec = self._need_decoder()
         p, pm = self.prefix(visual, query_ids, query_mask)  # (B, P, W)
@@ -185,9 +153,12 @@ class VLMBaseline(nn.Module):
         return out.view(B, C)
 
     @torch.no_grad()
-    def generate(self, visual, query_ids=None, query_mask=None, max_new_tokens: int = 24,
+    def generate(self, visual: torch.Tensor, query_ids: torch.Tensor | None = None,
+                 query_mask: torch.Tensor | None = None, max_new_tokens: int = 24,
                  num_beams: int = 1) -> list[str]:
-        """Greedy (or beam) text after the prefix: B strings."""
+        """B strings written after each prefix (visual (B, N, Dx), optional query ids / mask
+        (B, L)): greedy with ``num_beams=1``, else beam search; at most ``max_new_tokens``.
+        Raises RuntimeError before :meth:`set_output_vocab`."""
         p, pm = self.prefix(visual, query_ids, query_mask)
         out = self._need_decoder().generate(p, pm, max_new_tokens, num_beams)
         return self.y_encoder.model.tokenizer.batch_decode(out, skip_special_tokens=True)
@@ -195,52 +166,42 @@ class VLMBaseline(nn.Module):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups as :meth:`VLJEPA.param_groups` (no decay on norms, biases, positions)."""
         self._need_decoder()
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith(("y_encoder.", "x_encoder.")):
-                continue
-            (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
-        return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-                {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        return weight_decay_groups(self, lr, weight_decay)
 
-    # ---- save / load (same layout as VL-JEPA: config.json + model.safetensors) ----
+    # ---- save / load (the same layout as VL-JEPA's: config.json + model.safetensors) ----
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """All tensors but the frozen encoders', detached, on the CPU."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                 if not k.startswith(("x_encoder.", "y_encoder."))}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        from .factory import CONFIG_NAME, WEIGHTS_NAME, _atomic_write
+        """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory.
+        Raises RuntimeError before :meth:`set_output_vocab` (there is no decoder to save)."""
         self._need_decoder()
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "baseline": self.config.to_dict(),
+        meta = {"format": self.FORMAT, "model": self.config.to_dict(),
                 "x_encoder_fingerprint": self.x_encoder.fingerprint, "answers": self.answers}
-        _atomic_write(d / WEIGHTS_NAME, lambda p: save_file(self.trained_state_dict(), p))
-        _atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-        return d
+        return hub.write_pretrained(directory, meta, self.trained_state_dict())
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str,
+                   map_location: str = "cpu") -> VLMBaseline:
+        """Rebuild a saved baseline (the loader :func:`vljepa.load` uses for its format), in
+        eval mode. Raises ValueError if the X-encoder built here is not the one it was trained
+        with, or the tensors do not fit the config."""
+        model = cls(BaselineConfig.from_dict(meta["model"]))
+        if meta.get("x_encoder_fingerprint") not in (None, model.x_encoder.fingerprint):
+            raise ValueError(f"the X-encoder built here is not the one {source} was trained with")
+        expected = model.trained_state_dict()
+        if set(state) != set(expected):
+            raise ValueError(f"{source} does not fit its config: missing "
+                             f"{sorted(set(expected) - set(state))[:5]}, unexpected "
+                             f"{sorted(set(state) - set(expected))[:5]}")
+        model.load_state_dict(state, strict=False)
+        model.answers = meta.get("answers")
+        return model.to(map_location).eval()
 
 
 def create_baseline(config: BaselineConfig | dict | None = None) -> VLMBaseline:
     """Build the baseline from a config (dataclass or nested dict, e.g. a Hydra node)."""
     return VLMBaseline(BaselineConfig.from_dict(config or {}))
-
-
-def load_baseline(path: Path, meta: dict, map_location: str = "cpu") -> VLMBaseline:
-    """Rebuild a saved baseline (called by :func:`vljepa.load` for its format)."""
-    from safetensors.torch import load_file
-
-    model = VLMBaseline(BaselineConfig.from_dict(meta["baseline"]))
-    if meta.get("x_encoder_fingerprint") not in (None, model.x_encoder.fingerprint):
-        raise ValueError(f"the X-encoder built here is not the one {str(path)!r} was trained with")
-    state = load_file(str(path / "model.safetensors"), device=map_location)
-    expected = model.trained_state_dict()
-    if set(state) != set(expected):
-        raise ValueError(f"{str(path)!r} does not fit its config: missing "
-                         f"{sorted(set(expected) - set(state))[:5]}, unexpected "
-                         f"{sorted(set(state) - set(expected))[:5]}")
-    model.load_state_dict(state, strict=False)
-    model.answers = meta.get("answers")
-    return model.to(map_location).eval()

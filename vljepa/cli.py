@@ -1,10 +1,11 @@
-"""The ``vljepa`` command line: embed, answer, classify, eval, convert.
+"""The ``vljepa`` command line: embed, answer, classify, eval, convert, quantize.
 
     vljepa embed    -m MODEL --image a.png b.png            # or --text "a red circle" ...
     vljepa answer   -m MODEL --image a.png --question "what color is the shape?"
     vljepa classify -m MODEL --image a.png --labels "red apple" "grinning face"
     vljepa eval     -m MODEL --task openmoji digits retrieval
     vljepa convert  checkpoints/<run>/checkpoints/last.ckpt checkpoints/<run>/model
+    vljepa quantize checkpoints/<run>/model checkpoints/<run>/ternary   # BitNet b1.58, packed
 
 MODEL is a saved model directory, a Lightning .ckpt or a hub repo id (``$VLJEPA_MODEL`` when
 -m is not given). Results go to stdout (or -o FILE) as JSON (default) or CSV (--format csv).
@@ -18,7 +19,13 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+from .evaluate import evaluate
+from .factory import convert_checkpoint, load
+from .hub import atomic_write
+from .quantize import quantize
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "directory (config.json + model.safetensors).")
     p.add_argument("checkpoint", help="the .ckpt file")
     p.add_argument("output_dir", help="directory to write")
+
+    p = sub.add_parser("quantize", help="Post-training quantisation (BitNet b1.58) of a "
+                                        "full-precision model into a packed ternary model "
+                                        "directory. For a quantisation-aware fine-tune instead: "
+                                        "python train.py experiment=ternary init_from=SRC")
+    p.add_argument("source", help="full-precision model directory, .ckpt or hub repo id")
+    p.add_argument("output_dir", help="directory to write (config.json + packed weights)")
     return ap
 
 
@@ -89,23 +103,23 @@ def _write(rows: list[dict[str, Any]], fmt: str, output: str | None) -> None:
         writer.writerows(rows)
         text = buf.getvalue()
     if output:
-        from .factory import _atomic_write
-        from pathlib import Path
-        _atomic_write(Path(output), lambda p: Path(p).write_text(text))
+        atomic_write(output, lambda p: Path(p).write_text(text))
     else:
         sys.stdout.write(text)
 
 
 def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    import vljepa
-
     if args.command == "convert":
-        out = vljepa.convert_checkpoint(args.checkpoint, args.output_dir)
+        out = convert_checkpoint(args.checkpoint, args.output_dir)
+        print(f"wrote {out}", file=sys.stderr)
+        return None
+    if args.command == "quantize":
+        out = quantize(load(args.source)).save_pretrained(args.output_dir)
         print(f"wrote {out}", file=sys.stderr)
         return None
     if not args.model:
         raise ValueError("no model given: pass -m MODEL or set $VLJEPA_MODEL")
-    model = vljepa.load(args.model)
+    model = load(args.model)
     kw = {"batch_size": args.batch_size, "progress": args.progress}
     if args.command == "embed":
         if args.text:
@@ -139,7 +153,6 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
                 for im, ps, ix in zip(args.image, top.values.tolist(), top.indices.tolist())
                 for r, (p, i) in enumerate(zip(ps, ix))]
     if args.command == "eval":
-        from .evaluate import evaluate
         results = evaluate(model, args.task, args.cache_dir, limit=args.limit,
                            progress=args.progress)
         return [{"task": t, "metric": k, "value": v} for t, m in results.items()

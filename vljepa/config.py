@@ -1,9 +1,12 @@
-"""Model configuration as data.
+"""Model configuration as data: every config dataclass, and the named configs.
 
 A VL-JEPA is fully described by a :class:`ModelConfig`: which X-encoder and Y-encoder to use
 (name, weights, preprocessing, tokenizer length), the predictor's sizes and the shared embedding
 dimension. A checkpoint stores this config next to its weights (``config.json``), so a model can
-be rebuilt from the checkpoint alone, as open_clip does with its model configs.
+be rebuilt from the checkpoint alone, as open_clip does with its model configs. Named configs
+(:data:`NAMED_CONFIGS`: "lite", the offline CPU default, and "paper") are what
+``create_model("paper")`` builds and what the Hydra model configs start from.
+The token-generating baseline's config, :class:`BaselineConfig`, lives here too.
 """
 from __future__ import annotations
 
@@ -59,9 +62,9 @@ class YEncoderConfig:
 class PredictorConfig:
     """The bidirectional transformer that maps [visual tokens; query tokens] to Ŝ_Y (paper §3)."""
 
-    # "transformer": the VL-JEPA predictor. "linear": the no-predictor baseline, a linear map
-    # from the X-encoder's pooled feature into the shared space that ignores the query (a
-    # CLIP-style alignment trained with the same loss); the other fields are then unused.
+    # "transformer": the VL-JEPA predictor. "linear": the linear probe baseline (no predictor), a
+    # linear map from the X-encoder's pooled feature into the shared space that ignores the query
+    # (a CLIP-style alignment trained with the same loss); the other fields are then unused.
     # "llm": the paper's predictor, the last llm_layers layers of the causal LM ``llm`` made
     # bidirectional, with that LM's tokenizer and token table for the query (llm_predictor.py).
     kind: str = "transformer"
@@ -79,7 +82,7 @@ class PredictorConfig:
     visual_pool: int = 1
     # "none": full precision. "ternary": BitNet b1.58 linear layers (weights in {-1, 0, +1} x a
     # per-tensor scale, 8-bit activations) in the transformer blocks and input projections,
-    # saved packed at 2 bits per weight; see vljepa/ternary.py.
+    # saved packed at 2 bits per weight; see vljepa/modules/bitlinear.py.
     quant: str = "none"
 
 
@@ -99,7 +102,8 @@ class LossConfig:
 @dataclass
 class YDecoderConfig:
     """The light text decoder that turns a shared-space embedding back into text (paper §3,
-    "Y-decoder"; vljepa/y_decoder.py). Trained on text alone to invert the Y-encoder + head."""
+    "Y-decoder"; vljepa/modules/y_decoder.py). Trained on text alone to invert the Y-encoder +
+    head."""
 
     width: int = 256
     depth: int = 3
@@ -108,13 +112,15 @@ class YDecoderConfig:
     dropout: float = 0.0
     prefix_tokens: int = 4  # the embedding becomes this many prefix vectors (a linear map)
     max_len: int = 32  # text tokens, BOS and EOS included
-    # Token ids the decoder may emit (the training corpus's); None: the tokenizer's whole
-    # vocabulary. Set by the Lightning module from its corpus and saved with the model.
+    # Token ids the decoder may emit (its token vocabulary: the training corpus's); None: the
+    # tokenizer's whole vocabulary. Set by the Lightning module from its corpus and saved with the model.
     output_vocab: list[int] | None = None
 
 
 @dataclass
 class ModelConfig:
+    """A whole VL-JEPA: its parts' configs and the shared space's width."""
+
     x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
     y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -138,9 +144,9 @@ class ModelConfig:
         kwargs: dict[str, Any] = {}
         for key, value in dict(d).items():
             if key in subs:
-                kwargs[key] = _build(subs[key], value, key)
+                kwargs[key] = build_dataclass(subs[key], value, key)
             elif key == "y_decoder":
-                kwargs[key] = None if value is None else _build(YDecoderConfig, value, key)
+                kwargs[key] = None if value is None else build_dataclass(YDecoderConfig, value, key)
             elif key == "embed_dim":
                 kwargs[key] = int(value)
             elif key == "default_prompt":
@@ -153,7 +159,47 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-def _build(cls, value, where: str):
+@dataclass
+class BaselineConfig:
+    """The token-generating VLM baseline (vljepa/baseline.py): its encoders (as VL-JEPA's) and
+    its decoder sizes."""
+
+    x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
+    y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)  # tokenizer + token table
+    width: int = 256
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    max_query_len: int = 24
+    max_answer_len: int = 24  # answer / caption tokens, BOS and EOS included
+    visual_pool: int = 1  # average-pool the token grid by this factor, as VL-JEPA's predictor
+    # Token ids the decoder may emit (its token vocabulary): set from the training data's texts
+    # by the Lightning module (``set_output_vocab``) and saved, so a loaded model has the same
+    # softmax.
+    output_vocab: list[int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | BaselineConfig) -> BaselineConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are an error naming them."""
+        if isinstance(d, cls):
+            return d
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown baseline config key(s) {sorted(unknown)}")
+        for key, sub in (("x_encoder", XEncoderConfig), ("y_encoder", YEncoderConfig)):
+            if key in d:
+                d[key] = build_dataclass(sub, d[key], key)
+        return cls(**d)
+
+
+def build_dataclass(cls, value, where: str):
+    """``cls(**value)`` for a dict ``value`` (an instance passes through); keys that are not
+    fields of ``cls`` raise ValueError naming them and ``where`` they were found."""
     if isinstance(value, cls):
         return value
     names = {f.name for f in dataclasses.fields(cls)}
@@ -162,6 +208,50 @@ def _build(cls, value, where: str):
         raise ValueError(f"unknown key(s) {sorted(unknown)} in model config {where!r}; "
                          f"expected some of {sorted(names)}")
     return cls(**dict(value))
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, nested dicts key by key (a new dict)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# Named configs, each given as what differs from the dataclass defaults (which are "lite").
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    # The offline CPU default: frozen EfficientNet-Lite0 (ImageNet) stage-5 visual tokens
+    # (320-d, 7x7), frozen all-MiniLM-L6-v2 targets, a narrow 2-layer predictor (width 192).
+    "lite": {},
+    # The paper's VL-JEPA (arXiv 2512.10942 §3): frozen V-JEPA 2 ViT-L X-encoder, a predictor from
+    # the last 8 layers of Llama-3.2-1B made bidirectional (its tokenizer and token table for
+    # queries), EmbeddingGemma-300M Y-encoder trained at lr x 0.05, a 1,536-d shared space. The
+    # names are hub ids (they need the hub, or local copies: pass directories instead).
+    "paper": {
+        "x_encoder": {"backend": "hf", "name": "facebook/vjepa2-vitl-fpc64-256", "weights": None,
+                      "image_size": None, "crop_pct": None, "feature_index": None,
+                      "frames": 16},  # frames per clip; an image is repeated to fill it
+        "y_encoder": {"name": "google/embeddinggemma-300m", "trainable": True, "lr_mult": 0.05,
+                      "max_length": 64},
+        "predictor": {"kind": "llm", "llm": "meta-llama/Llama-3.2-1B", "llm_layers": 8,
+                      "max_query_len": 64,
+                      # informational: the LM's own sizes are used
+                      "width": 2048, "depth": 8, "heads": 32},
+        "embed_dim": 1536,
+    },
+}
+
+
+def named_config(name: str) -> ModelConfig:
+    """The :data:`NAMED_CONFIGS` entry ``name`` as a :class:`ModelConfig`.
+
+    Raises ValueError naming the known configs for an unknown name."""
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; named configs: {sorted(NAMED_CONFIGS)}")
+    return ModelConfig.from_dict(merge(ModelConfig().to_dict(), NAMED_CONFIGS[name]))
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -174,3 +264,13 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             out.append(f"{prefix}{key}: {va!r} != {vb!r}")
     return out
+
+
+def check_config(expected: ModelConfig | dict, found: ModelConfig | dict, source: str) -> None:
+    """Raise ValueError naming every field where a checkpoint's config (``found``) differs from
+    a model's (``expected``); ``source`` names the checkpoint."""
+    diff = config_diff(ModelConfig.from_dict(expected).to_dict(),
+                       ModelConfig.from_dict(found).to_dict())
+    if diff:
+        raise ValueError(f"{source} was saved with a different model config "
+                         f"(this model vs checkpoint): {'; '.join(diff)}")

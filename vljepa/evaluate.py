@@ -1,8 +1,8 @@
 """Zero-shot classification and image<->text retrieval harnesses (used by ``vljepa eval`` and
-``eval/zeroshot.py``).
+``eval/zeroshot.py``), CIDEr, and the wall-clock timer of the benchmark scripts in ``eval/``.
 
 Each harness takes any model with ``embed_visual`` (visual tokens (B, N, Dx) -> (B, D)),
-``embed_text`` and ``text_classifier`` — a VL-JEPA or its no-predictor baseline
+``embed_text`` and ``text_classifier`` — a VL-JEPA or its linear probe baseline
 (``predictor.kind=linear``) — and reads the frozen X-encoder's tokens from the feature cache,
 so a second evaluation of the same images never runs the X-encoder.
 
@@ -12,14 +12,16 @@ the first correct item among the k nearest, in both directions.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import statistics
+import time
+from typing import Any, Callable, Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from .data.cache import FeatureCache, default_cache_dir
 from .data.captions import DIGIT_NAMES, digits, openmoji
-from .images import image_key
+from .inputs import image_key
 
 # Templates averaged into each class embedding (as open_clip's zero-shot classifier does).
 OPENMOJI_TEMPLATES = ["{}", "an emoji of {}"]
@@ -124,3 +126,18 @@ def cider(refs: Sequence[str], hyps: Sequence[str]) -> float:
     gts = {i: [r.lower()] for i, r in enumerate(refs)}
     res = {i: [h.lower() or "empty"] for i, h in enumerate(hyps)}
     return float(Cider().compute_score(gts, res)[0])
+
+
+def median_ms(fn: Callable[[], object], iters: int, max_seconds: float | None = None) -> float:
+    """Median wall-clock milliseconds of ``iters`` calls of ``fn`` after one warm-up call
+    (allocator, lazy initialisation). With ``max_seconds``, stops early once that much time has
+    been spent, after at least 3 calls (for calls that take seconds each)."""
+    fn()
+    times: list[float] = []
+    while len(times) < iters:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds:
+            break
+    return 1000 * statistics.median(times)

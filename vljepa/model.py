@@ -10,31 +10,36 @@ Y-encoder and pick the one whose S_Y is nearest (cosine) to Ŝ_Y. No tokens are 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import hub
 from .config import ModelConfig, YDecoderConfig
-from .encoders import XEncoder, YEncoder
-from .images import load_image
+from .inputs import as_image_list, check_texts, load_image
 from .losses import gather_ids, gather_with_grad, get_loss, init_logit_scale
-from .predictor import build_predictor
-from .y_decoder import YDecoder
+from .modules.bitlinear import check_packed_state, export_state_dict, to_packed
+from .modules.encoders import XEncoder, YEncoder
+from .modules.predictor import build_predictor
+from .modules.y_decoder import YDecoder
+from .version import __version__
 
 
-def check_texts(texts: Sequence[str], what: str) -> list[str]:
-    """Raise a clear error for a non-list, a non-string or an empty/blank string."""
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a list of strings, got a single string")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise TypeError(f"{what}[{i}] must be a string, got {type(t).__name__}")
-        if not t.strip():
-            raise ValueError(f"{what}[{i}] is empty")
-    return out
+def weight_decay_groups(module: nn.Module, lr: float, weight_decay: float,
+                        skip: tuple[str, ...] = ("x_encoder.", "y_encoder.")) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``module``'s trainable parameters outside ``skip``: weights at
+    ``weight_decay``; norms, biases and positional embeddings (1-D tensors, names ending in
+    "pos") without decay, as in GPT-2 / timm."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad or name.startswith(skip):
+            continue
+        (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
+    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
 
 
 class VLJEPA(nn.Module):
@@ -44,13 +49,15 @@ class VLJEPA(nn.Module):
     All public embeddings are L2-normalised float32 of width D = ``config.embed_dim``.
     """
 
+    FORMAT = "vljepa/1"  # config.json's "format": which loader reads a saved model
+
     def __init__(self, config: ModelConfig | dict):
         super().__init__()
         self.config = config = ModelConfig.from_dict(config)
         self.x_encoder = XEncoder(config.x_encoder)
         self.y_encoder = YEncoder(config.y_encoder)
-        self.predictor = build_predictor(config.predictor, self.x_encoder.dim, self.x_encoder.num_tokens,
-                                   self.x_encoder.grid, self.y_encoder.vocab_dim, config.embed_dim)
+        self.predictor = build_predictor(config.predictor, self.x_encoder, self.y_encoder,
+                                         config.embed_dim)
         self.y_head = nn.Linear(self.y_encoder.dim, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(init_logit_scale(config.loss.temperature)),
                                         requires_grad=config.loss.learn_temperature)
@@ -99,26 +106,19 @@ class VLJEPA(nn.Module):
 
         Raises ValueError for an empty question, TypeError for a non-string.
         """
-        queries = check_texts(queries, "questions")
-        if hasattr(self.predictor, "tokenize"):  # an LLM predictor reads its own tokens
-            return self.predictor.tokenize(queries)
-        return self.y_encoder.tokenize(queries, self.config.predictor.max_query_len)
+        return self.predictor.tokenize(check_texts(queries, "questions"))
 
     def forward(self, visual: torch.Tensor, query_ids: torch.Tensor | None = None,
                 query_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens (B, N, Dx) + query ids/mask (B, L) -> Ŝ_Y (B, D), not normalised.
 
-        Query token embeddings come from the Y-encoder's own token table (for an LLM predictor,
-        the LM's), detached, so the predictor starts from pretrained lexical knowledge and never
-        moves the table itself.
+        Query token embeddings come from the predictor's own query reader (the Y-encoder's
+        token table, or for an LLM predictor the LM's), detached, so the predictor starts from
+        pretrained lexical knowledge and never moves the table itself.
         """
         query = None
         if query_ids is not None:
-            if hasattr(self.predictor, "embed_query"):  # the LLM predictor's own token table
-                query = self.predictor.embed_query(query_ids.to(self.device))  # (B, L, W)
-            else:
-                table = self.y_encoder.token_embedding.weight.detach()
-                query = F.embedding(query_ids.to(self.device), table)  # (B, L, Dq)
+            query = self.predictor.embed_query(query_ids.to(self.device))  # (B, L, Dq)
             query_mask = query_mask.to(self.device)
         return self.predictor(visual.to(self.device, torch.float32), query, query_mask)
 
@@ -140,13 +140,7 @@ class VLJEPA(nn.Module):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: predictor and heads at ``lr``; norms, biases, positional embeddings
         and the logit scale without weight decay; a trainable Y-encoder at ``lr * lr_mult``."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad or name.startswith(("y_encoder.", "x_encoder.")):
-                continue
-            (no_decay if p.ndim < 2 or name.endswith("_pos") else decay).append(p)
-        groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-                  {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        groups = weight_decay_groups(self, lr, weight_decay)
         y_params = [p for p in self.y_encoder.parameters() if p.requires_grad]
         if y_params:
             groups.append({"params": y_params, "lr": lr * self.config.y_encoder.lr_mult,
@@ -156,7 +150,7 @@ class VLJEPA(nn.Module):
     # ---- user API: raw inputs in, unit vectors or answers out ----
     # Every method takes lists of any length: they run in batches of ``batch_size``, with a tqdm
     # progress bar when ``progress=True``. Images are PIL images, paths, bytes, numpy arrays or
-    # tensors (see :func:`vljepa.images.load_image`); a 4-D tensor (B, 3, H, W) is B images.
+    # tensors (see :func:`vljepa.inputs.load_image`); a 4-D tensor (B, 3, H, W) is B images.
 
     def _batches(self, n: int, batch_size: int, progress: bool, desc: str):
         if batch_size < 1:
@@ -172,9 +166,9 @@ class VLJEPA(nn.Module):
                       progress: bool = False) -> torch.Tensor:
         """Images -> visual tokens (B, N, Dx) float32. Runs the frozen X-encoder.
 
-        Raises ValueError for no images; see :func:`vljepa.images.load_image` for per-image errors.
+        Raises ValueError for no images; see :func:`vljepa.inputs.load_image` for per-image errors.
         """
-        images = _as_image_list(images)
+        images = as_image_list(images)
         out = []
         for i in self._batches(len(images), batch_size, progress, "X-encoder"):
             pixels = torch.stack([self.x_encoder.transform(load_image(im))
@@ -190,7 +184,7 @@ class VLJEPA(nn.Module):
 
         Raises ValueError when the counts differ or a question is empty.
         """
-        images = _as_image_list(images)
+        images = as_image_list(images)
         if queries is not None:
             queries = check_texts(queries, "questions")
             if len(images) != len(queries):
@@ -210,7 +204,7 @@ class VLJEPA(nn.Module):
         """Images -> (B, D) float32 unit vectors in the shared space: the query-free prediction,
         or the prediction for ``config.default_prompt`` when one is set (paper §3: VL-JEPA_BASE
         embeds an image by predicting its caption's embedding)."""
-        images = _as_image_list(images)
+        images = as_image_list(images)
         return torch.cat([self.embed_visual(self.visual_tokens(images[i:i + batch_size]))
                           for i in self._batches(len(images), batch_size, progress, "embed")])
 
@@ -346,26 +340,101 @@ class VLJEPA(nn.Module):
         scores, idx = (q @ g.T).topk(min(k, len(g)), dim=1)
         return idx, scores
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors``; see :func:`vljepa.save_pretrained`."""
-        from .factory import save_pretrained
-        save_pretrained(self, directory)
+    # ---- save / load: config.json + model.safetensors (vljepa.hub) ----
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint must hold: all but the frozen encoders' (the X-encoder, and
+        the Y-encoder unless it trains), detached, on the CPU."""
+        frozen = ["x_encoder."]
+        if not self.config.y_encoder.trainable:
+            frozen.append("y_encoder.")
+        out, seen = {}, set()
+        for k, v in self.state_dict().items():
+            if k.startswith(tuple(frozen)):
+                continue
+            if v.numel() and (v.data_ptr(), v.shape) in seen:
+                continue  # an alias (e.g. the Y-encoder's token table): saved once, first name
+            seen.add((v.data_ptr(), v.shape))
+            out[k] = v.detach().cpu().contiguous()
+        return out
+
+    def load_trained(self, state: dict[str, torch.Tensor], source: str) -> VLJEPA:
+        """Load trained tensors (:meth:`trained_state_dict`'s keys) into this model.
+
+        Raises ValueError naming the tensors missing, unexpected or of the wrong shape, and
+        ``source`` (the file they came from)."""
+        expected = self.trained_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"{source} does not fit this model config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
+        self.load_state_dict(state, strict=False)
+        return self
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` (the config, the encoders' fingerprints, the saved answers) and
+        ``model.safetensors`` (:meth:`trained_state_dict`) to ``directory``, atomically.
+
+        A ternary model (``predictor.quant="ternary"``) is written packed: 2 bits per BitLinear
+        weight plus a scale, its other predictor tensors in float16 (see
+        :func:`vljepa.modules.bitlinear.export_state_dict`). The model itself is left as it is.
+        Returns the directory.
+        """
+        y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
+        meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
+                "y_encoder_fingerprint": y_fingerprint, "answers": self.answers,
+                "format": self.FORMAT, "vljepa_version": __version__}
+        state = self.trained_state_dict()
+        if self.config.predictor.quant == "ternary":
+            state = export_state_dict(self, state)
+        return hub.write_pretrained(directory, meta, state)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kw) -> "VLJEPA":
-        """Alias of :func:`vljepa.load` (a local directory, a ``.ckpt`` or a hub repo id)."""
-        from .factory import load
-        return load(name_or_path, **kw)
+    def from_saved(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str,
+                   map_location: str = "cpu") -> VLJEPA:
+        """Rebuild a model from what :mod:`vljepa.hub` read (config.json or a ``.ckpt``'s
+        hyper-parameters, and the trained tensors); in eval mode.
 
+        Ternary weights that arrive packed stay packed (2 bits per weight, each layer unpacked
+        on the fly: it serves but cannot train); latent ones (a ``.ckpt``) stay trainable.
 
-def _as_image_list(images: Any) -> list:
-    """A list of images from a list/tuple, or a 4-D tensor / array (B, C, H, W) / (B, H, W, C)."""
-    from PIL import Image
-    if isinstance(images, (str, os.PathLike, bytes, Image.Image, dict)) or (
-            hasattr(images, "ndim") and images.ndim == 3):
-        raise TypeError("images must be a list (or a 4-D batch), got a single image; "
-                        "wrap it in a list")
-    out = list(images)
-    if not out:
-        raise ValueError("no images given")
-    return out
+        Raises:
+            ValueError: ``meta`` has no model config; the tensors do not fit it; or the X- or
+                Y-encoder built here is not the one the checkpoint names (says which).
+        """
+        if "model" not in meta:
+            raise ValueError(f"{source} is not a vljepa config (no 'model' key)")
+        model = cls(ModelConfig.from_dict(meta["model"]))
+        found = model.x_encoder.fingerprint
+        if meta.get("x_encoder_fingerprint") not in (None, found):
+            raise ValueError(
+                f"the X-encoder built here ({model.config.x_encoder.name}, fingerprint {found}) is "
+                f"not the one {source} was trained with (fingerprint "
+                f"{meta['x_encoder_fingerprint']}): its weights, version or preprocessing differ")
+        if meta.get("y_encoder_fingerprint") is not None:
+            found = model.y_encoder.fingerprint
+            if found != meta["y_encoder_fingerprint"]:
+                raise ValueError(
+                    f"the Y-encoder built here ({model.config.y_encoder.name}, fingerprint "
+                    f"{found}) is not the one {source} was trained with (fingerprint "
+                    f"{meta['y_encoder_fingerprint']}): its weights or version differ")
+        if any(k.endswith(".weight_packed") for k in state):
+            to_packed(model.predictor)  # drop the fp32 latent weights before the packed arrive
+            check_packed_state(model, state, source)
+        model.load_trained(state, source)
+        model.answers = meta.get("answers")
+        return model.to(map_location).eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str = "cpu"
+                        ) -> VLJEPA:
+        """A saved VL-JEPA (directory, ``.ckpt`` or hub repo id), as :func:`vljepa.load`; raises
+        ValueError if the file holds another kind of model (use :func:`vljepa.load`)."""
+        meta, state, source = hub.read_any(name_or_path, map_location)
+        if meta.get("format", cls.FORMAT) != cls.FORMAT:
+            raise ValueError(f"{source} holds a {meta['format']!r} model, not a VL-JEPA; "
+                             "load it with vljepa.load")
+        return cls.from_saved(meta, state, source, map_location)

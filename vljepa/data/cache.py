@@ -5,7 +5,7 @@ compute it once, read it afterwards. That is most of the CPU cost of training.
 
 Layout: ``<root>/<encoder fingerprint>/shard-*.safetensors``. Each shard holds a tensor
 ``tokens`` (n, N, Dx) float16 and, in its metadata, the n image keys (content hashes, see
-:func:`vljepa.images.image_key`). The fingerprint covers the encoder's name, weights and
+:func:`vljepa.inputs.image_key`). The fingerprint covers the encoder's name, weights and
 preprocessing, so changing any of them starts a new cache. Shards are written atomically and
 every few hundred images, so an interrupted run keeps what it computed.
 """
@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..images import load_image
+from ..inputs import load_image
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +44,8 @@ class FeatureCache:
         self.computed = 0  # images run through the X-encoder by this object (for reports, tests)
         self.seconds = 0.0  # wall time spent computing them
 
-    def _index(self) -> dict[str, tuple[Path, int]]:
+    def index(self) -> dict[str, tuple[Path, int]]:
+        """Every cached key -> (its shard file, its row in the shard)."""
         index = {}
         for shard in sorted(self.dir.glob("shard-*.safetensors")):
             with safe_open(str(shard), "pt") as f:
@@ -53,10 +54,11 @@ class FeatureCache:
         return index
 
     def missing(self, keys: Sequence[str]) -> list[str]:
-        index = self._index()
+        index = self.index()
         return [k for k in dict.fromkeys(keys) if k not in index]
 
-    def _write_shard(self, keys: list[str], tokens: torch.Tensor) -> None:
+    def write_shard(self, keys: list[str], tokens: torch.Tensor) -> None:
+        """Store visual tokens (n, N, Dx) of n keys as one new shard (float16), atomically."""
         path = self.dir / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = path.with_name("." + path.name + ".tmp")
         save_file({"tokens": tokens.to(torch.float16).contiguous()}, str(tmp),
@@ -85,11 +87,11 @@ class FeatureCache:
             keys = todo[s:s + shard_size]
             out = []
             for b in range(0, len(keys), batch_size):
-                pixels = torch.stack([_pixels(images[k], transform)
+                pixels = torch.stack([to_pixels(images[k], transform)
                                       for k in keys[b:b + batch_size]])
                 out.append(encode(pixels).cpu())
                 bar.update(len(pixels))
-            self._write_shard(keys, torch.cat(out))
+            self.write_shard(keys, torch.cat(out))
         bar.close()
         self.computed += len(todo)
         self.seconds += time.perf_counter() - start
@@ -99,7 +101,7 @@ class FeatureCache:
         """Visual tokens (len(keys), N, Dx) float16, in the order of ``keys``.
 
         Raises KeyError naming the first key that is not cached."""
-        index = self._index()
+        index = self.index()
         absent = [k for k in keys if k not in index]
         if absent:
             raise KeyError(f"{len(absent)} image(s) not in the feature cache {self.dir}, e.g. "
@@ -116,7 +118,7 @@ class FeatureCache:
         return out
 
 
-def _pixels(item: Any, transform: Callable) -> torch.Tensor:
+def to_pixels(item: Any, transform: Callable) -> torch.Tensor:
     """An image -> (3, H, W); a clip (list / tuple of frames) -> (T, 3, H, W)."""
     if isinstance(item, (list, tuple)):
         return torch.stack([transform(load_image(f)) for f in item])

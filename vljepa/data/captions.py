@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import datasets
 
+from .vqa import EASY_VQA_SHAPES
+
 OPENMOJI_SPLITS = ("train", "val", "test")
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -138,7 +140,6 @@ def easy_vqa_captions(split: str, val_fraction: float = 0.1) -> datasets.Dataset
     "test" is its test split. Columns image (path), caption."""
     import easy_vqa as ev
 
-    from .vqa import EASY_VQA_SHAPES
     if split not in OPENMOJI_SPLITS:
         raise ValueError(f"easy-VQA captions have the splits {OPENMOJI_SPLITS}, not {split!r}")
     source = "test" if split == "test" else "train"

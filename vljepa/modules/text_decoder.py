@@ -102,13 +102,20 @@ class CausalTextDecoder(nn.Module):
             raise ValueError(f"target token ids {bad} are outside the decoder's output_vocab")
         return tgt.masked_fill(~ids_mask[:, 1:].bool(), -100)
 
-    def loss(self, prefix, prefix_mask, ids, ids_mask) -> torch.Tensor:
-        """Mean next-token cross-entropy over real target tokens (scalar)."""
+    def loss(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, ids: torch.Tensor,
+             ids_mask: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats, scalar float32) over the real tokens after BOS.
+
+        Args: as :meth:`forward` (prefix (B, P, W), prefix_mask (B, P), ids / ids_mask (B, L)).
+        Raises ValueError for a target token outside ``output_vocab``, or lengths over the
+        decoder's maxima."""
         logits = self(prefix, prefix_mask, ids[:, :-1], ids_mask[:, :-1])  # (B, L-1, V')
         return F.cross_entropy(logits.flatten(0, 1).float(), self._targets(ids, ids_mask).flatten())
 
-    def sequence_logprob(self, prefix, prefix_mask, ids, ids_mask) -> torch.Tensor:
-        """(B,) sum of log p(token) over each sequence's real tokens after BOS (nats)."""
+    def sequence_logprob(self, prefix: torch.Tensor, prefix_mask: torch.Tensor,
+                         ids: torch.Tensor, ids_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) float32: the sum of log p(token) over each sequence's real tokens after BOS
+        (nats). Arguments and errors as :meth:`loss`."""
         logits = self(prefix, prefix_mask, ids[:, :-1], ids_mask[:, :-1]).float()
         tgt = self._targets(ids, ids_mask)
         lp = -F.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0), reduction="none")

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PredictorConfig
+from ..config import PredictorConfig
+from ..hub import hub_error
+from .encoders import XEncoder, pool_tokens
 
 
 class LLMPredictor(nn.Module):
@@ -29,7 +31,9 @@ class LLMPredictor(nn.Module):
     Args:
         cfg: ``kind="llm"``, ``llm`` (hub id or local dir), ``llm_layers``, ``max_query_len``,
             ``visual_pool``; width, depth and heads are the LM's.
-        visual_dim, grid, embed_dim: as :class:`vljepa.predictor.Predictor`.
+        x_encoder, embed_dim: as :class:`vljepa.modules.predictor.Predictor`.
+        y_encoder: unused (the LM reads the query with its own tokenizer and token table);
+            taken so that every predictor is built the same way.
 
     Raises:
         RuntimeError: the LM cannot be loaded (names it; offline, only a local copy works).
@@ -37,19 +41,19 @@ class LLMPredictor(nn.Module):
             ``layers`` / ``norm`` / ``rotary_emb``.
     """
 
-    def __init__(self, cfg: PredictorConfig, visual_dim: int, grid: tuple[int, int] | None,
+    def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: nn.Module | None,
                  embed_dim: int):
         super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when used
 
-        from .encoders import _hub_error
+        visual_dim, grid = x_encoder.dim, x_encoder.grid
         if not cfg.llm:
             raise ValueError("predictor.kind=llm needs predictor.llm (a causal LM's hub id or dir)")
         try:
             lm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.float32)
             self.tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
         except Exception as e:
-            raise _hub_error("causal LM", cfg.llm, e) from e
+            raise hub_error("causal LM", cfg.llm, e) from e
         decoder = lm.get_decoder()
         if not all(hasattr(decoder, a) for a in ("layers", "norm", "rotary_emb")):
             raise ValueError(f"{cfg.llm!r}: its decoder has no layers / norm / rotary_emb")
@@ -83,14 +87,8 @@ class LLMPredictor(nn.Module):
         return F.embedding(ids, self.query_table)
 
     def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        k = self.cfg.visual_pool
-        if k == 1:
-            return visual
-        if self.grid is None:
-            raise ValueError("predictor.visual_pool > 1 needs an X-encoder with a token grid")
-        B, N, Dx = visual.shape
-        x = F.avg_pool2d(visual.transpose(1, 2).reshape(B, Dx, *self.grid), k, ceil_mode=True)
-        return x.flatten(2).transpose(1, 2)
+        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``."""
+        return pool_tokens(visual, self.grid, self.cfg.visual_pool)
 
     def hidden_states(self, visual: torch.Tensor, query: torch.Tensor | None,
                       query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

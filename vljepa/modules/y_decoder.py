@@ -4,9 +4,9 @@ VL-JEPA answers discriminative questions without text; the Y-decoder is only cal
 needed (captions, open answers, the selective decoding of streams in vljepa/selective.py):
 
     Ŝ_Y or S_Y (B, D) ──unit norm──► linear ──► P prefix vectors (B, P, W)
-    prefix ──► causal text decoder (vljepa/text_decoder.py) ──► "[BOS] text [EOS]"
+    prefix ──► causal text decoder (vljepa/modules/text_decoder.py) ──► "[BOS] text [EOS]"
 
-It trains on text alone (vljepa/lit_ydecoder.py): texts t go through the frozen Y-encoder and
+It trains on text alone (vljepa/training/modules.py, LitYDecoder): texts t go through the frozen Y-encoder and
 head, and the decoder learns ``decode(S_Y(t)) ≈ t``, so any text corpus serves and no images
 are needed. Predicted embeddings Ŝ_Y live in the same space, so ``decode(predict(image, query))``
 writes the answer. The vocabulary is the Y-encoder's tokenizer (its frozen token table is tied to
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import YDecoderConfig
+from ..config import YDecoderConfig
 from .text_decoder import CausalTextDecoder
 
 
@@ -29,7 +29,7 @@ class YDecoder(nn.Module):
 
     Args:
         config: :class:`vljepa.config.YDecoderConfig` (sizes, prefix length, output vocabulary).
-        y_encoder: the model's :class:`vljepa.encoders.YEncoder`; only its tokenizer and frozen
+        y_encoder: the model's :class:`vljepa.modules.encoders.YEncoder`; only its tokenizer and frozen
             token table are used (not owned: not saved with the decoder).
         embed_dim: D, the shared space's width.
     """

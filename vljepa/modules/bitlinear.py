@@ -1,4 +1,4 @@
-"""Ternary (BitNet b1.58) predictor layers: quantisation-aware training, 2-bit packing, CPU inference.
+"""Ternary (BitNet b1.58) layers: quantisation-aware training, 2-bit packing, CPU inference.
 
 Source: Ma et al. 2024, "The Era of 1-bit LLMs: All Large Language Models are in 1.58 Bits"
 (BitNet b1.58), building on Wang et al. 2023, "BitNet". Each quantised linear layer computes
@@ -200,75 +200,13 @@ def to_packed(module: nn.Module) -> nn.Module:
     return module
 
 
-# ---- checkpoints: conversion from full precision, packed export, validation on load ----
-
-# nn.TransformerEncoderLayer parameter names -> TernaryBlock names (same tensors, same layout:
-# nn.MultiheadAttention's in_proj stacks q, k, v along the output dim, as TernaryBlock.qkv does).
-_RENAMES = (("self_attn.in_proj_weight", "qkv.weight"), ("self_attn.in_proj_bias", "qkv.bias"),
-            ("self_attn.out_proj.", "proj."), ("linear1.", "fc1."), ("linear2.", "fc2."))
-
-
-def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a full-precision model's trained tensors to a ternary model's (latent) names."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("predictor.blocks.layers."):
-            for old, new in _RENAMES:
-                key = key.replace(old, new)
-        out[key] = value
-    return out
-
-
-def init_from_full_precision(model: nn.Module, fp_model: nn.Module) -> nn.Module:
-    """Copy a trained full-precision VLJEPA's weights into a ternary VLJEPA (latent state) of the
-    same sizes, for post-training quantisation or a QAT fine-tune. The SubLN norms, which the
-    full-precision model lacks, keep their identity initialisation.
-
-    Raises ValueError if the models' configs differ other than in ``predictor.quant``, or
-    ``model`` is not a latent ternary model.
-    """
-    from .config import config_diff
-    from .factory import trained_state_dict
-
-    a, b = model.config.to_dict(), fp_model.config.to_dict()
-    if a["predictor"]["quant"] != "ternary" or b["predictor"]["quant"] != "none":
-        raise ValueError("init_from_full_precision copies a predictor.quant='none' model into a "
-                         "predictor.quant='ternary' one")
-    a["predictor"]["quant"] = b["predictor"]["quant"]
-    if diff := config_diff(a, b):
-        raise ValueError(f"full-precision model differs from the ternary config: {'; '.join(diff)}")
-    if any(m.packed for m in bit_linears(model).values()):
-        raise ValueError("the ternary model is packed (inference only); build a new one to train")
-    state = convert_state_dict(trained_state_dict(fp_model))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = ("x_encoder.", "y_encoder.")
-    missing = [k for k in missing if not k.startswith(frozen) and ".norm." not in k]
-    if missing or unexpected:
-        raise ValueError(f"cannot convert: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model
-
-
-def quantize(fp_model: nn.Module) -> nn.Module:
-    """Post-training quantisation: a trained full-precision VLJEPA -> a new ternary VLJEPA in
-    training (latent) state. Save it with ``save_pretrained`` to get the packed checkpoint, or
-    fine-tune it first (``python train.py experiment=ternary init_from=DIR``)."""
-    import dataclasses
-
-    from .model import VLJEPA
-
-    if fp_model.config.predictor.quant != "none":
-        raise ValueError(f"quantize takes a predictor.quant='none' model, got "
-                         f"{fp_model.config.predictor.quant!r}")
-    cfg = dataclasses.replace(fp_model.config, predictor=dataclasses.replace(
-        fp_model.config.predictor, quant="ternary"))
-    return init_from_full_precision(VLJEPA(cfg), fp_model).to(fp_model.device)
-
+# ---- packed checkpoints: export, validation on load ----
 
 def export_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` = ``trained_state_dict(model)`` of a ternary VLJEPA ``model``, as saved: each
+    """``state`` = ``model.trained_state_dict()`` of a ternary VLJEPA ``model``, as saved: each
     BitLinear weight as ``weight_packed`` uint8 + ``weight_scale`` fp32; the predictor's other
-    floats (norms, positional embeddings, biases, head) as float16, the 16-bit precision BitNet keeps them in. Loading upcasts them
-    to float32, so a loaded model differs from the one trained by float16 rounding of those
+    floats (norms, positional embeddings, biases, head) as float16, the 16-bit precision BitNet
+    keeps them in. Loading upcasts them to float32, so a loaded model differs from the one trained by float16 rounding of those
     tensors only, and every later save/load round trip is exact."""
     state = dict(state)
     for name, m in bit_linears(model).items():

@@ -1,17 +1,18 @@
-"""Turn what users pass as an image into an RGB ``PIL.Image``, or fail with a clear error.
+"""User input -> what the model reads: RGB images and checked texts, or a clear error.
 
-Accepted: ``PIL.Image`` (any mode), a file path (``str`` / ``os.PathLike``), raw encoded bytes,
-a ``datasets`` image dict (``{"bytes": ..., "path": ...}``), a numpy array (H, W), (H, W, 1|3|4)
-uint8 or float in [0, 1], or a tensor (C, H, W) / (H, W) uint8 or float in [0, 1] (torchvision's
+Images: :func:`load_image` accepts ``PIL.Image`` (any mode), a file path (``str`` /
+``os.PathLike``), raw encoded bytes, a ``datasets`` image dict (``{"bytes": ..., "path": ...}``),
+a numpy array (H, W), (H, W, 1|3|4) uint8 or float in [0, 1], or a tensor (C, H, W) / (H, W) uint8 or float in [0, 1] (torchvision's
 convention). Grayscale, palette and RGBA images are converted to RGB; transparent pixels are
-composited on white, so glyphs with an alpha channel stay visible.
+composited on white, so glyphs with an alpha channel stay visible. :func:`image_key` hashes an
+image's content for the feature cache. Texts: :func:`check_texts`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -111,3 +112,34 @@ def image_key(x: Any) -> str:
         h.update(f"{img.mode}{img.size}".encode())
         h.update(img.tobytes())
     return h.hexdigest()
+
+
+def as_image_list(images: Any) -> list:
+    """A list of images from a list/tuple, or a 4-D tensor / array (B, C, H, W) / (B, H, W, C).
+
+    Raises TypeError for a single image (wrap it in a list), ValueError for no images.
+    """
+    if isinstance(images, (str, os.PathLike, bytes, Image.Image, dict)) or (
+            hasattr(images, "ndim") and images.ndim == 3):
+        raise TypeError("images must be a list (or a 4-D batch), got a single image; "
+                        "wrap it in a list")
+    out = list(images)
+    if not out:
+        raise ValueError("no images given")
+    return out
+
+
+def check_texts(texts: Sequence[str], what: str) -> list[str]:
+    """``texts`` as a list of non-blank strings; ``what`` names them in errors ("questions").
+
+    Raises TypeError for a single string or a non-string, ValueError for an empty/blank one.
+    """
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, got a single string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] must be a string, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{what}[{i}] is empty")
+    return out

@@ -4,44 +4,82 @@ Paper §3: a bidirectional transformer reads the projected visual tokens followe
 tokens, the outputs at non-pad positions are averaged, and a linear head maps the average to the
 shared embedding space. As in I-JEPA and V-JEPA 2 the predictor is a narrow bottleneck: its
 width is set on its own, well below the encoders'.
+
+Every predictor offers one query interface, which :class:`vljepa.model.VLJEPA` relies on:
+``tokenize(texts) -> (ids (B, L), mask (B, L))`` and ``embed_query(ids) -> (B, L, Dq)``, and
+``forward(visual (B, N, Dx), query (B, L, Dq) | None, query_mask (B, L) | None) -> (B, D)``.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import PredictorConfig
-from .ternary import BitLinear, TernaryEncoder
+from ..config import PredictorConfig
+from .bitlinear import BitLinear, TernaryEncoder
+from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
+from .llm_predictor import LLMPredictor
 
 QUANT_MODES = ("none", "ternary")
 
 
+class TokenTableQuery:
+    """Reads questions with the Y-encoder's tokenizer and token table, held by reference (a plain
+    object, not a submodule: the table is neither copied nor saved with the predictor).
+
+    Args:
+        y_encoder: the model's :class:`YEncoder`.
+        max_len: query tokens kept, special tokens included (``predictor.max_query_len``).
+    """
+
+    def __init__(self, y_encoder: YEncoder, max_len: int):
+        self._tokenize, self._table, self.max_len = y_encoder.tokenize, y_encoder.token_embedding, max_len
+        self.dim = y_encoder.vocab_dim
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B strings -> (ids (B, L) int64, mask (B, L) bool, True at real tokens), L <= max_len."""
+        return self._tokenize(list(texts), self.max_len)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64 -> (B, L, Dq) float32 from the token table, detached: the predictor
+        starts from pretrained lexical knowledge and never moves the table itself."""
+        table = self._table.weight.detach()
+        return F.embedding(ids.to(table.device), table)
+
+
 class Predictor(nn.Module):
-    """Bidirectional transformer predictor.
+    """Bidirectional transformer predictor, reading the query through the Y-encoder's tokenizer
+    and token table (:class:`TokenTableQuery`).
 
     Args:
         cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling)
             and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
-            but the head becomes a :class:`~vljepa.ternary.BitLinear`, each after a norm).
-        visual_dim: Dx, the X-encoder's token width.
-        num_visual_tokens: N, the X-encoder's token count (before pooling).
-        grid: the (h, w) token grid of a CNN X-encoder, needed for ``cfg.visual_pool > 1``.
-        query_dim: width of the query token embeddings (the Y-encoder's token table).
+            but the head becomes a :class:`~vljepa.modules.bitlinear.BitLinear`, each after a
+            norm).
+        x_encoder: gives Dx (token width), N (token count) and the (h, w) grid of a CNN, which
+            ``cfg.visual_pool > 1`` needs.
+        y_encoder: gives the query tokenizer and token table (width Dq).
         embed_dim: D, the shared embedding space.
+    Raises:
+        ValueError: an unknown ``quant``, or ``visual_pool > 1`` without a token grid.
     """
 
-    def __init__(self, cfg: PredictorConfig, visual_dim: int, num_visual_tokens: int,
-                 grid: tuple[int, int] | None, query_dim: int, embed_dim: int):
+    def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
+                 embed_dim: int):
         super().__init__()
         if cfg.quant not in QUANT_MODES:
             raise ValueError(f"predictor.quant must be one of {QUANT_MODES}, got {cfg.quant!r}")
         self.cfg = cfg
-        self.grid = grid
+        self.grid = x_encoder.grid
+        self.query = TokenTableQuery(y_encoder, cfg.max_query_len)
+        visual_dim, query_dim = x_encoder.dim, self.query.dim
+        num_visual_tokens = x_encoder.num_tokens
         if cfg.visual_pool > 1:
-            if grid is None:
+            if self.grid is None:
                 raise ValueError("predictor.visual_pool > 1 needs an X-encoder with a token grid")
-            h, w = (-(-g // cfg.visual_pool) for g in grid)  # ceil mode
+            h, w = pooled_grid(self.grid, cfg.visual_pool)
             num_visual_tokens = h * w
         W = cfg.width
         # The input projections are quantised too (they hold a quarter of the weights); their
@@ -64,16 +102,17 @@ class Predictor(nn.Module):
                                                 enable_nested_tensor=False)
         self.head = nn.Linear(W, embed_dim)  # the output head stays full precision, as in BitNet
 
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B questions -> (ids (B, L) int64, mask (B, L) bool); see :class:`TokenTableQuery`."""
+        return self.query.tokenize(texts)
+
+    def embed_query(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) -> query token embeddings (B, L, Dq), detached from the token table."""
+        return self.query.embed(ids)
+
     def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """(B, N, Dx) -> (B, N', Dx), average-pooling the token grid by ``cfg.visual_pool``."""
-        k = self.cfg.visual_pool
-        if k == 1:
-            return visual
-        B, N, Dx = visual.shape
-        h, w = self.grid
-        x = visual.transpose(1, 2).reshape(B, Dx, h, w)
-        x = F.avg_pool2d(x, k, ceil_mode=True)
-        return x.flatten(2).transpose(1, 2)
+        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``."""
+        return pool_tokens(visual, self.grid, self.cfg.visual_pool)
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None,
                 query_mask: torch.Tensor | None) -> torch.Tensor:
@@ -107,16 +146,23 @@ class Predictor(nn.Module):
 
 
 class LinearPredictor(nn.Module):
-    """The no-predictor baseline: Ŝ_Y = W · mean(visual tokens) + b, ignoring any query.
+    """The linear probe baseline (no predictor): Ŝ_Y = W · mean(visual tokens) + b, ignoring any
+    query.
 
     With the mean over tokens being the X-encoder's own global average pool, this is a CLIP-style
     linear alignment of the frozen image feature to the text space; trained with the same loss
-    and data it shows what the predictor adds.
+    and data it shows what the predictor adds. It reads queries as :class:`Predictor` does (the
+    same interface) and then ignores them.
     """
 
-    def __init__(self, visual_dim: int, embed_dim: int):
+    def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
+                 embed_dim: int):
         super().__init__()
-        self.head = nn.Linear(visual_dim, embed_dim)
+        self.query = TokenTableQuery(y_encoder, cfg.max_query_len)
+        self.head = nn.Linear(x_encoder.dim, embed_dim)
+
+    tokenize = Predictor.tokenize
+    embed_query = Predictor.embed_query
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None = None,
                 query_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -124,15 +170,15 @@ class LinearPredictor(nn.Module):
         return self.head(visual.mean(1))
 
 
-def build_predictor(cfg: PredictorConfig, visual_dim: int, num_visual_tokens: int,
-                    grid: tuple[int, int] | None, query_dim: int, embed_dim: int) -> nn.Module:
+PREDICTORS = {"transformer": Predictor, "llm": LLMPredictor, "linear": LinearPredictor}
+
+
+def build_predictor(cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
+                    embed_dim: int) -> nn.Module:
     """The predictor named by ``cfg.kind``: "transformer" (VL-JEPA), "llm" (the paper's, from a
-    causal LM's last layers) or "linear" (baseline)."""
-    if cfg.kind == "llm":
-        from .llm_predictor import LLMPredictor
-        return LLMPredictor(cfg, visual_dim, grid, embed_dim)
-    if cfg.kind == "transformer":
-        return Predictor(cfg, visual_dim, num_visual_tokens, grid, query_dim, embed_dim)
-    if cfg.kind == "linear":
-        return LinearPredictor(visual_dim, embed_dim)
-    raise ValueError(f"unknown predictor kind {cfg.kind!r}; use 'transformer', 'llm' or 'linear'")
+    causal LM's last layers) or "linear" (the linear probe baseline).
+
+    Raises ValueError for an unknown kind."""
+    if cfg.kind not in PREDICTORS:
+        raise ValueError(f"unknown predictor kind {cfg.kind!r}; use one of {sorted(PREDICTORS)}")
+    return PREDICTORS[cfg.kind](cfg, x_encoder, y_encoder, embed_dim)

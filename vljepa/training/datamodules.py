@@ -1,0 +1,296 @@
+"""LightningDataModules: what each data recipe provides to the training loop.
+
+Every datamodule is a :class:`FeatureDataModule`, which declares what the LightningModules and
+``train.py`` read: the ``candidates`` answers are chosen from in validation and test, the
+``answer_vocabulary`` saved with the model (``VLJEPA.answer``'s default candidates), the
+``question_types`` that per-type test accuracy is reported for, the X-encoder feature ``cache``,
+and the three loaders. ``prepare_data`` (one process) fills the cache; ``setup`` (every process)
+reads it.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.cache import FeatureCache, default_cache_dir
+from ..data.captions import CAPTION_SOURCES
+from ..data.corpora import corpus_texts
+from ..data.vqa import load_vqa
+from ..inputs import image_key
+from ..model import VLJEPA
+from .features import CaptionFeatures, MixedFeatures, TextSet, VQAFeatures, as_batch
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """The base of vljepa's datamodules: the attributes the training loop reads, the feature
+    cache and the loaders.
+
+    Attributes (filled by ``setup``):
+        candidates: the texts validation / test answers are chosen from; a batch's
+            ``answer_ids`` index them.
+        answer_vocabulary: saved with the model as ``answer``'s default candidates; empty when
+            the data has no answers of its own (the model then keeps its own).
+        question_types: names of a batch's ``qtype_ids`` (test accuracy is reported per type).
+        cache: the X-encoder :class:`FeatureCache`, or None for data without images.
+        train_set, val_set, test_set: datasets that batch themselves (``__getitems__``).
+
+    Args:
+        model: the model being trained (its X-encoder fills the cache; its tokenizers read the
+            texts).
+        batch_size / eval_batch_size: rows per training / evaluation batch.
+        encode_batch_size: images per X-encoder batch when filling the cache.
+        cache_dir: the cache root (None: ``$VLJEPA_CACHE`` or ``~/.cache/vljepa``).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, model: VLJEPA, batch_size: int = 256, eval_batch_size: int = 1024,
+                 encode_batch_size: int = 64, cache_dir: str | None = None,
+                 num_workers: int = 0, *, images: bool = True):
+        super().__init__()
+        self.model = model
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.encode_batch_size, self.num_workers = encode_batch_size, num_workers
+        self.cache = FeatureCache(cache_dir or default_cache_dir(),
+                                  model.x_encoder.fingerprint) if images else None
+        self.candidates: list[str] = []
+        self.answer_vocabulary: list[str] = []
+        self.question_types: list[str] = []
+        self.train_set = self.val_set = self.test_set = None
+
+    def encode(self, images: Sequence[Any], keys: Sequence[str]) -> None:
+        """Run the frozen X-encoder on the images whose keys are not cached yet."""
+        self.cache.compute(dict(zip(keys, images)), self.model.x_encoder,
+                           self.model.x_encoder.transform, self.encode_batch_size)
+
+    def _loader(self, data: Dataset | None, batch_size: int, shuffle: bool):
+        if data is None:  # e.g. no validation split
+            return []
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=as_batch,
+                          num_workers=self.num_workers, drop_last=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+class VQADataModule(FeatureDataModule):
+    """VQA questions (easy-VQA by default, or any ``datasets.load_dataset`` source) over cached
+    X-encoder features.
+
+    ``prepare_data`` (one process) runs the X-encoder on images missing from the feature cache;
+    ``setup`` (every process) reads the cache. A validation set is held out from the training
+    split by image (``val_fraction``), so no validation image is seen in training.
+    """
+
+    def __init__(self, model: VLJEPA, source: str = "easy_vqa", name: str | None = None,
+                 data_files: Any = None, train_split: str = "train", test_split: str = "test",
+                 image_column: str = "image", question_column: str = "question",
+                 answer_column: str = "answer", question_type_column: str | None = None,
+                 val_fraction: float = 0.05, max_train_samples: int | None = None,
+                 max_test_samples: int | None = None, batch_size: int = 256,
+                 eval_batch_size: int = 1024, encode_batch_size: int = 64,
+                 cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__(model, batch_size, eval_batch_size, encode_batch_size, cache_dir,
+                         num_workers)
+        self.source_kwargs = dict(source=source, name=name, data_files=data_files,
+                                  image_column=image_column, question_column=question_column,
+                                  answer_column=answer_column,
+                                  question_type_column=question_type_column, seed=seed)
+        self.splits = {"train": (train_split, max_train_samples),
+                       "test": (test_split, max_test_samples)}
+        self.val_fraction, self.seed = val_fraction, seed
+
+    def load_split(self, which: str):
+        """"train" or "test" -> (the dataset, its images, their cache keys)."""
+        split, limit = self.splits[which]
+        ds = load_vqa(split=split, max_samples=limit, **self.source_kwargs)
+        images = list(ds["image"])
+        keys = [image_key(im) for im in images]
+        return ds, images, keys
+
+    def prepare_data(self) -> None:
+        for which in self.splits:
+            _, images, keys = self.load_split(which)
+            self.encode(images, keys)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.candidates:
+            return
+        loaded = {which: self.load_split(which) for which in self.splits}
+        self.candidates = sorted({a for ds, _, _ in loaded.values() for a in ds["answer"]})
+        self.answer_vocabulary = self.candidates
+        self.question_types = sorted({t for ds, _, _ in loaded.values()
+                                      for t in ds["question_type"]})
+        train_ds, _, train_keys = loaded["train"]
+        unique = sorted(set(train_keys))
+        random.Random(self.seed).shuffle(unique)
+        val_images = set(unique[:round(len(unique) * self.val_fraction)])
+        is_val = [k in val_images for k in train_keys]
+        self.train_set = self._features(train_ds, train_keys, [not v for v in is_val])
+        self.val_set = self._features(train_ds, train_keys, is_val) if val_images else None
+        test_ds, _, test_keys = loaded["test"]
+        self.test_set = self._features(test_ds, test_keys, [True] * len(test_keys))
+
+    def _features(self, ds, keys: list[str], keep: list[bool]) -> VQAFeatures:
+        rows = [i for i, k in enumerate(keep) if k]
+        keys = [keys[i] for i in rows]
+        unique = list(dict.fromkeys(keys))
+        position = {k: i for i, k in enumerate(unique)}
+        columns = {c: list(ds[c]) for c in ("question", "answer", "question_type")}
+        questions, answers, qtypes = ([col[i] for i in rows] for col in columns.values())
+        ids, mask = self.model.tokenize_queries(questions)
+        a_index = {a: i for i, a in enumerate(self.candidates)}
+        t_index = {t: i for i, t in enumerate(self.question_types)}
+        return VQAFeatures(self.cache.load(unique), torch.tensor([position[k] for k in keys]),
+                           ids, mask, torch.tensor([a_index[a] for a in answers]), self.candidates,
+                           torch.tensor([t_index[t] for t in qtypes]))
+
+
+class CaptionDataModule(FeatureDataModule):
+    """OpenMoji captions (split by emoji into train / val / test), optionally mixed with VQA.
+
+    Args:
+        model: the VLJEPA being trained (its X-encoder fills the feature cache).
+        source: "openmoji" (glyphs and their Unicode names) or "scenes" (OpenMoji glyphs,
+            easy-VQA shapes "red circle" and scikit-image photos; vljepa.data.captions.scenes)
+            or "hf" (any image-caption dataset, ``source_kwargs`` = path, name, data_files,
+            image_column, caption_column, splits, max_samples; vljepa.data.captions.hf_captions).
+        vqa: None for captions only (stage 1), or keyword arguments for a
+            :class:`VQADataModule` whose questions join every split (stage 2).
+        templates: caption templates, e.g. ``["{}", "an emoji of {}"]``.
+        caption_repeat: each training caption appears this many times per epoch, so a few
+            thousand captions are not drowned by tens of thousands of VQA questions.
+        image_size, test_fraction, val_fraction: see :func:`vljepa.data.captions.openmoji`.
+
+    ``candidates`` (of validation and test) are the VQA answers followed by every caption;
+    ``answer_vocabulary`` (saved with the model as ``answer``'s default candidates) is the
+    VQA answers, or the training captions when there is no VQA.
+    """
+
+    def __init__(self, model: VLJEPA, vqa: dict | None = None, source: str = "openmoji",
+                 source_kwargs: dict | None = None, templates: Sequence[str] = ("{}",),
+                 caption_repeat: int = 1, image_size: int = 128, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                 batch_size: int = 256, eval_batch_size: int = 1024, encode_batch_size: int = 64,
+                 cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__(model, batch_size, eval_batch_size, encode_batch_size, cache_dir,
+                         num_workers)
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError(f"every caption template needs a '{{}}' slot, got {list(templates)}")
+        if caption_repeat < 1:
+            raise ValueError(f"caption_repeat must be >= 1, got {caption_repeat}")
+        if source not in CAPTION_SOURCES:
+            raise ValueError(f"unknown caption source {source!r}; use one of {sorted(CAPTION_SOURCES)}")
+        self.templates, self.caption_repeat = list(templates), caption_repeat
+        self.source = source
+        self.split_kwargs = dict(image_size=image_size, test_fraction=test_fraction,
+                                 val_fraction=val_fraction, seed=seed, **dict(source_kwargs or {}))
+        self.vqa = None
+        if vqa:
+            self.vqa = VQADataModule(model, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                     encode_batch_size=encode_batch_size, cache_dir=cache_dir,
+                                     num_workers=num_workers, seed=seed, **dict(vqa))
+            self.vqa.cache = self.cache  # one cache object, so the run summary counts both
+        self._splits: dict[str, Any] = {}
+
+    def load_split(self, split: str):
+        """"train", "val" or "test" -> (the caption dataset, its images, their cache keys)."""
+        if split not in self._splits:
+            ds = CAPTION_SOURCES[self.source](split, **self.split_kwargs)
+            images = list(ds["image"])
+            self._splits[split] = (ds, images, [image_key(im) for im in images])
+        return self._splits[split]
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val", "test"):
+            _, images, keys = self.load_split(split)
+            self.encode(images, keys)
+        if self.vqa is not None:
+            self.vqa.prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.candidates:
+            return
+        vqa_answers: list[str] = []
+        if self.vqa is not None:
+            self.vqa.setup(stage)
+            vqa_answers = list(self.vqa.candidates)
+            self.question_types = list(self.vqa.question_types)
+        captions = {s: list(self.load_split(s)[0]["caption"]) for s in ("train", "val", "test")}
+        # VQA answers first, so the VQA datasets' answer ids stay valid among all candidates
+        self.candidates = list(dict.fromkeys(vqa_answers + [c for s in captions.values()
+                                                            for c in s]))
+        self.question_types = self.question_types + ["caption"]
+        self.answer_vocabulary = vqa_answers or sorted(set(captions["train"]))
+        index = {c: i for i, c in enumerate(self.candidates)}
+        sets = {}
+        for split in ("train", "val", "test"):
+            _, _, keys = self.load_split(split)
+            sets[split] = CaptionFeatures(self.cache.load(keys),
+                                          torch.tensor([index[c] for c in captions[split]]),
+                                          self.candidates, self.templates,
+                                          len(self.question_types) - 1)
+        v = self.vqa
+        self.train_set = MixedFeatures([sets["train"]] * self.caption_repeat
+                                       + [v.train_set if v else None])
+        self.val_set = MixedFeatures([sets["val"], v.val_set if v else None])
+        self.test_set = MixedFeatures([sets["test"], v.test_set if v else None])
+
+
+class TextCorpusDataModule(FeatureDataModule):
+    """Texts and their frozen target embeddings S_Y, for the Y-decoder.
+
+    Args:
+        model: the (frozen) VL-JEPA whose Y-encoder + head define the space decoded.
+        sources: which of :data:`TEXT_SOURCES` to draw texts from.
+        templates: each training text is also added wrapped in these (``"{}"`` = bare), as the
+            caption targets were; validation and test texts are bare.
+        max_texts: keep at most this many training texts (a fixed random subset), None: all.
+        batch_size: texts per step.
+
+    Validation and test texts are those of the val / test splits that no training text equals
+    (e.g. the held-out emoji names), so the test measures ``decode(S_Y(t)) ≈ t`` on texts the
+    decoder has never been trained to write.
+    ``train_texts``: every text the decoder may be asked to write in training. There are no
+    images (``cache`` is None), no candidates and no answer vocabulary: the model keeps its own.
+    Batches: {"embedding": (B, D) float32 unit vectors, "text": B strings}.
+    """
+
+    def __init__(self, model: VLJEPA, sources: Sequence[str] = ("easy_vqa", "openmoji"),
+                 templates: Sequence[str] = ("{}",), max_texts: int | None = None,
+                 batch_size: int = 128, eval_batch_size: int = 512, seed: int = 0):
+        super().__init__(model, batch_size, eval_batch_size, images=False)
+        if not sources:
+            raise ValueError("no text sources given")
+        if any("{}" not in t for t in templates):
+            raise ValueError(f"every template needs a '{{}}' slot, got {list(templates)}")
+        self.sources, self.templates = list(sources), list(templates)
+        self.max_texts, self.seed = max_texts, seed
+        self.texts: dict[str, list[str]] = {}
+        self.train_texts: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.texts:
+            return
+        raw = [t for src in self.sources for t in corpus_texts(src, "train")]
+        train = list(dict.fromkeys(tpl.format(t) for t in raw for tpl in self.templates))
+        seen = set(raw) | set(train)
+        held = {s: list(dict.fromkeys(t for src in self.sources for t in corpus_texts(src, s)
+                                      if t not in seen)) for s in ("val", "test")}
+        if self.max_texts is not None and len(train) > self.max_texts:
+            train = sorted(random.Random(self.seed).sample(train, self.max_texts), key=train.index)
+        self.texts = {"train": train, **held}
+        self.train_texts = train
+        sets = {}
+        for split, texts in self.texts.items():
+            emb = self.model.embed_text(texts) if texts else torch.zeros(0, self.model.config.embed_dim)
+            sets[split] = TextSet(emb, texts)
+        self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
