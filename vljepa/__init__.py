@@ -11,12 +11,15 @@ The library imports neither Lightning nor Hydra: training lives in :mod:`vljepa.
 """
 from .config import (BaselineConfig, LossConfig, ModelConfig, PredictorConfig, XEncoderConfig,
                      YDecoderConfig, YEncoderConfig, named_config)
-from .factory import convert_checkpoint, create_model, init_from, load, save_pretrained
+from .factory import (convert_checkpoint, create_model, create_model_and_transforms,
+                      create_model_from_pretrained, get_tokenizer, init_from, load,
+                      save_pretrained)
 from .model import VLJEPA
 from .quantize import quantize
 from .version import __version__
 
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
            "LossConfig", "YDecoderConfig", "BaselineConfig", "named_config", "create_model",
+           "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
            "load", "save_pretrained", "convert_checkpoint", "init_from", "quantize",
            "__version__"]

@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from . import hub
 from .baseline import VLMBaseline
-from .config import ModelConfig, check_config, merge, named_config
+from .config import NAMED_CONFIGS, ModelConfig, YEncoderConfig, check_config, merge, named_config
 from .model import VLJEPA
+from .modules.encoders import TextTokenizer
 from .quantize import init_from_full_precision
 
 # config.json's "format" -> the class method that rebuilds that kind of model from
@@ -68,6 +69,59 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA |
         raise ValueError(f"{source} holds a model of format {fmt!r}; this vljepa reads "
                          f"{sorted(LOADERS)}")
     return LOADERS[fmt](meta, state, source, map_location)
+
+
+def _named_or_saved(name_or_path: str | os.PathLike | None, **kw: Any) -> VLJEPA:
+    """A named config (or None: "lite") -> a new model; anything else -> :func:`load`."""
+    if name_or_path is None or str(name_or_path) in NAMED_CONFIGS:
+        return create_model(name_or_path, **kw)
+    model = load(name_or_path, **kw)
+    if not isinstance(model, VLJEPA):
+        raise ValueError(f"{str(name_or_path)!r} is not a VL-JEPA ({type(model).__name__}): "
+                         "open_clip's conventions need encode_image / encode_text")
+    return model
+
+
+def create_model_and_transforms(name_or_path: str | os.PathLike | None = None, **kw: Any
+                                ) -> tuple[VLJEPA, Callable, Callable]:
+    """open_clip's entry point: ``(model, preprocess_train, preprocess_val)``.
+
+    ``name_or_path`` is a named config ("lite", "paper": a new model, ``kw`` as
+    :func:`create_model`'s overrides) or a saved model (directory, ``.ckpt``, hub repo id; ``kw``
+    as :func:`load`'s). Both transforms are the X-encoder's own preprocessing (PIL image ->
+    normalised float tensor (3, H, W)): the X-encoder is frozen and its features are cached, so
+    training uses no augmentation. ``model.encode_image(preprocess_val(img)[None])`` is then
+    open_clip's call. Raises as :func:`create_model` / :func:`load`.
+    """
+    model = _named_or_saved(name_or_path, **kw)
+    return model, model.x_encoder.transform, model.x_encoder.transform
+
+
+def create_model_from_pretrained(name_or_path: str | os.PathLike, **kw: Any
+                                 ) -> tuple[VLJEPA, Callable]:
+    """open_clip's ``create_model_from_pretrained``: ``(model, preprocess)`` of a saved model
+    (or a named config). Raises as :func:`load`."""
+    model, _, preprocess = create_model_and_transforms(name_or_path, **kw)
+    return model, preprocess
+
+
+def get_tokenizer(name_or_path: str | os.PathLike | None = None,
+                  context_length: int | None = None) -> TextTokenizer:
+    """open_clip's ``get_tokenizer``: a callable list[str] -> ``LongTensor`` (B, L) for
+    ``model.encode_text``, with ``context_length`` and ``pad_id`` attributes.
+
+    Reads only the config (a named config, or a saved model's ``config.json`` / ``.ckpt``
+    hyper-parameters): no weights are loaded. Raises FileNotFoundError / ValueError as
+    :func:`load` for a missing or foreign file.
+    """
+    if name_or_path is None or str(name_or_path) in NAMED_CONFIGS:
+        cfg = named_config(name_or_path or "lite").y_encoder
+    else:
+        meta = hub.read_meta(name_or_path)
+        if meta.get("format", VLJEPA.FORMAT) not in LOADERS:
+            raise ValueError(f"{str(name_or_path)!r} holds a model of format {meta['format']!r}")
+        cfg = YEncoderConfig(**meta["model"]["y_encoder"])
+    return TextTokenizer(cfg, context_length)
 
 
 def save_pretrained(model: VLJEPA | VLMBaseline, directory: str | os.PathLike) -> Path:

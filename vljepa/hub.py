@@ -136,6 +136,18 @@ def read_checkpoint(path: Path, map_location: str = "cpu", default_format: str =
     return meta, state
 
 
+def read_meta(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """Only the config of a saved model (directory, ``.ckpt`` or hub repo id), no tensors:
+    ``config.json``, or a checkpoint's meta as :func:`read_checkpoint` makes it.
+    Raises FileNotFoundError naming what is missing."""
+    path = resolve(name_or_path)
+    if path.suffix == CHECKPOINT_SUFFIX:
+        return read_checkpoint(path)[0]
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{CONFIG_NAME} is missing from {str(path)!r}")
+    return json.loads((path / CONFIG_NAME).read_text())
+
+
 def read_any(name_or_path: str | os.PathLike, map_location: str = "cpu"
              ) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
     """A directory, ``.ckpt`` or hub repo id -> (meta, tensors, source), ``source`` naming the

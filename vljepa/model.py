@@ -209,13 +209,14 @@ class VLJEPA(nn.Module):
                           for i in self._batches(len(images), batch_size, progress, "embed")])
 
     @torch.no_grad()
-    def embed_visual(self, visual: torch.Tensor) -> torch.Tensor:
+    def embed_visual(self, visual: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Visual tokens (B, N, Dx) (e.g. from the feature cache) -> :meth:`embed_image`'s
-        (B, D) float32 unit vectors."""
+        (B, D) float32 unit vectors (not normalised with ``normalize=False``)."""
         ids = mask = None
         if self.config.default_prompt is not None:
             ids, mask = self.tokenize_queries([self.config.default_prompt] * len(visual))
-        return F.normalize(self(visual, ids, mask), dim=-1)
+        z = self(visual, ids, mask).float()
+        return F.normalize(z, dim=-1) if normalize else z
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str], batch_size: int = 256,
@@ -230,15 +231,46 @@ class VLJEPA(nn.Module):
         return torch.cat([F.normalize(self.target_embed(texts[i:i + batch_size]), dim=-1)
                           for i in self._batches(len(texts), batch_size, progress, "Y-encoder")])
 
-    # CLIP-style aliases, so open_clip harnesses (model.encode_image / encode_text) run unchanged
-    def encode_image(self, images: Sequence[Any], normalize: bool = True, **kw) -> torch.Tensor:
-        """Alias of :meth:`embed_image` (always unit norm; ``normalize`` is accepted for
-        open_clip compatibility)."""
-        return self.embed_image(images, **kw)
+    # ---- open_clip's conventions, so CLIP tooling (open_clip's zero-shot code, clip_benchmark)
+    # runs on a VL-JEPA: create_model_and_transforms / get_tokenizer give the inputs ----
 
-    def encode_text(self, texts: Sequence[str], normalize: bool = True, **kw) -> torch.Tensor:
-        """Alias of :meth:`embed_text`."""
-        return self.embed_text(texts, **kw)
+    @torch.no_grad()
+    def encode_image(self, images: Any, normalize: bool = False, **kw) -> torch.Tensor:
+        """open_clip's ``encode_image``: image embeddings (B, D) float32 (unit norm with
+        ``normalize=True``; open_clip's default is False).
+
+        ``images`` is a float tensor (B, 3, H, W) that the model's own preprocessing produced
+        (``create_model_and_transforms``'s transforms, or ``x_encoder.transform``), used as is
+        (video X-encoders: clips (B, T, 3, H, W)); or anything :meth:`embed_image` takes (PIL
+        images, paths, arrays), preprocessed here. Works under a caller's ``torch.no_grad`` or
+        autocast (the result is float32 either way).
+        """
+        if isinstance(images, torch.Tensor) and images.is_floating_point() and images.ndim >= 4:
+            visual = self.x_encoder(images.to(self.device, torch.float32))  # preprocessed pixels
+            return self.embed_visual(visual, normalize)
+        return self.embed_visual(self.visual_tokens(images, **kw), normalize)
+
+    @torch.no_grad()
+    def encode_text(self, texts: torch.Tensor | Sequence[str], normalize: bool = False,
+                    **kw) -> torch.Tensor:
+        """open_clip's ``encode_text``: S_Y (B, D) float32 (unit norm with ``normalize=True``).
+
+        ``texts`` is a token tensor (B, L) int64 from :func:`vljepa.get_tokenizer` (padding
+        recovered as ``ids != tokenizer.pad_id``) or a list of strings.
+        Raises TypeError for a float tensor, and as :meth:`embed_text` for strings.
+        """
+        if isinstance(texts, torch.Tensor):
+            if texts.is_floating_point() or texts.ndim != 2:
+                raise TypeError(f"encode_text takes token ids (B, L) int64 from get_tokenizer or "
+                                f"a list of strings, got a {texts.dtype} tensor {tuple(texts.shape)}")
+            z = self.y_head(self.y_encoder.encode_ids(texts.to(self.device))).float()
+        else:
+            z = self.target_embed(check_texts(texts, "texts")).float()
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def get_tokenizer(self, context_length: int | None = None):
+        """The Y-encoder's tokenizer in open_clip's convention (list[str] -> (B, L) int64)."""
+        return self.y_encoder.get_tokenizer(context_length)
 
     @torch.no_grad()
     def answer(self, images: Sequence[Any], questions: Sequence[str],

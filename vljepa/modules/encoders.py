@@ -267,6 +267,52 @@ def resolve_st_name(name: str) -> str:
     return name
 
 
+class TextTokenizer:
+    """open_clip's tokenizer convention for a Y-encoder: a list of B strings -> a padded
+    ``LongTensor`` (B, context_length), with ``pad_id`` at padding (so a model recovers the
+    attention mask as ``ids != pad_id``). Built from the Y-encoder's config alone (no weights),
+    as ``open_clip.get_tokenizer(name)`` is.
+
+    Args:
+        cfg: the Y-encoder's config (backend, name).
+        context_length: tokens per text, special tokens included (None: ``cfg.max_length``);
+            longer texts are truncated.
+    Raises:
+        RuntimeError: the tokenizer cannot be loaded (names it).
+    """
+
+    def __init__(self, cfg: YEncoderConfig, context_length: int | None = None,
+                 tokenizer=None):
+        self.cfg = cfg
+        self.context_length = context_length or cfg.max_length
+        if tokenizer is not None:  # an already-loaded one (a built model's)
+            self._tokenizer = tokenizer
+        elif cfg.backend == "sentence-transformers":
+            from transformers import AutoTokenizer  # heavy; a tokenizer alone needs no model
+            path = resolve_st_name(cfg.name)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
+            except Exception as e:
+                raise hub_error("tokenizer", path, e) from e
+        elif cfg.backend == "open_clip":
+            import open_clip
+            self._tokenizer = open_clip.get_tokenizer(cfg.name)
+        else:
+            raise ValueError(f"unknown Y-encoder backend {cfg.backend!r}")
+        self.pad_id = self._tokenizer.pad_token_id if cfg.backend == "sentence-transformers" else 0
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
+        """Texts (a string is one text, as open_clip allows) -> ids (B, L) int64, L =
+        ``context_length`` (or this tokenizer's)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        L = context_length or self.context_length
+        if self.cfg.backend == "open_clip":
+            return self._tokenizer(texts, context_length=L)
+        enc = self._tokenizer(texts, padding="max_length", truncation=True, max_length=L,
+                              return_tensors="pt")
+        return enc["input_ids"]
+
+
 class YEncoder(FrozenMixin, nn.Module):
     """Text encoder: list of B strings -> target embeddings S_Y before the head, (B, Dy) float32.
 
@@ -346,6 +392,23 @@ class YEncoder(FrozenMixin, nn.Module):
         mask = ids != 0
         keep = int(mask.sum(1).max())
         return ids[:, :keep], mask[:, :keep]
+
+    def get_tokenizer(self, context_length: int | None = None) -> TextTokenizer:
+        """This encoder's tokenizer in open_clip's convention (:class:`TextTokenizer`)."""
+        tokenizer = self.model.tokenizer if self.cfg.backend == "sentence-transformers" \
+            else self._oc_tokenizer
+        return TextTokenizer(self.cfg, context_length, tokenizer)
+
+    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) int64 from :class:`TextTokenizer` -> (B, Dy) float32, as
+        :meth:`forward` gives for the same texts (padding, ``pad_id``, is masked out).
+        No gradient unless the encoder is trainable."""
+        with torch.set_grad_enabled(self.cfg.trainable and torch.is_grad_enabled()):
+            if self.cfg.backend == "open_clip":
+                return self.model.encode_text(ids).float()
+            pad_id = self.model.tokenizer.pad_token_id
+            features = {"input_ids": ids, "attention_mask": (ids != pad_id).long()}
+            return self.model(features)["sentence_embedding"].float()
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         if self.cfg.backend == "sentence-transformers":
