@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,6 +52,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if data.answer_vocabulary:  # a text-only run (the Y-decoder) keeps the model's own
             model.answers = list(data.answer_vocabulary)
         if cfg.get("export"):
+            # the model card says what the model was trained on, how it scores, and how to redo it
+            overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+            source = cfg.data.get("source") or cfg.data.get("sources") or []
+            model.card = {"datasets": [source] if isinstance(source, str) else list(source),
+                          "metrics": metrics, "recipe": " ".join(["python train.py", *overrides])}
             model.save_pretrained(Path(cfg.paths.output_dir) / "model")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         lines = [

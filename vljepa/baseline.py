@@ -48,6 +48,7 @@ class VLMBaseline(nn.Module):
         if cfg.output_vocab is not None:
             self._build_decoder(cfg.output_vocab)
         self.answers: list[str] | None = None
+        self.card: dict[str, Any] = {}  # datasets, metrics, recipe: saved with the model
 
     @property
     def device(self) -> torch.device:
@@ -180,8 +181,13 @@ class VLMBaseline(nn.Module):
         Raises RuntimeError before :meth:`set_output_vocab` (there is no decoder to save)."""
         self._need_decoder()
         meta = {"format": self.FORMAT, "model": self.config.to_dict(),
-                "x_encoder_fingerprint": self.x_encoder.fingerprint, "answers": self.answers}
+                "x_encoder_fingerprint": self.x_encoder.fingerprint, "answers": self.answers,
+                "card": self.card}
         return hub.write_pretrained(directory, meta, self.trained_state_dict())
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Upload to a Hugging Face Hub repo, as :meth:`vljepa.VLJEPA.push_to_hub`."""
+        return hub.push_to_hub(self, repo_id, **kw)
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str,
@@ -199,6 +205,7 @@ class VLMBaseline(nn.Module):
                              f"{sorted(set(state) - set(expected))[:5]}")
         model.load_state_dict(state, strict=False)
         model.answers = meta.get("answers")
+        model.card = dict(meta.get("card") or {})
         return model.to(map_location).eval()
 
 

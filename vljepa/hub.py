@@ -21,6 +21,7 @@ import torch
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"  # the model card, as the Hub renders it
 CHECKPOINT_SUFFIX = ".ckpt"
 
 
@@ -81,9 +82,10 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 def write_pretrained(directory: str | os.PathLike, meta: dict[str, Any],
-                     state: dict[str, torch.Tensor]) -> Path:
-    """Write ``model.safetensors`` (``state``) and ``config.json`` (``meta``, which must carry a
-    ``format``) to ``directory`` (created if needed), each atomically. Returns the directory."""
+                     state: dict[str, torch.Tensor], card: str | None = None) -> Path:
+    """Write ``model.safetensors`` (``state``), ``config.json`` (``meta``, which must carry a
+    ``format``) and, if given, the model card ``README.md`` to ``directory`` (created if
+    needed), each atomically. Returns the directory."""
     from safetensors.torch import save_file
 
     if "format" not in meta:
@@ -92,7 +94,57 @@ def write_pretrained(directory: str | os.PathLike, meta: dict[str, Any],
     d.mkdir(parents=True, exist_ok=True)
     atomic_write(d / WEIGHTS_NAME, lambda p: save_file(state, p))
     atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    if card is not None:
+        atomic_write(d / CARD_NAME, lambda p: Path(p).write_text(card))
     return d
+
+
+def model_card(title: str, summary: str, facts: dict[str, str], card: dict[str, Any],
+               usage: str) -> str:
+    """A model card (README.md) as the Hugging Face Hub renders it: YAML metadata (library
+    name, tags, datasets, metrics; huggingface_hub's ``ModelCardData``) and a body with
+    ``facts`` (a table), ``card["metrics"]`` (a table of name -> value), ``usage`` (Python) and
+    ``card["recipe"]`` (the command that trained it).
+
+    ``card``: what training knows, saved with the model: ``datasets`` (names), ``metrics``
+    (name -> float), ``recipe`` (a command line); every key optional.
+    """
+    from huggingface_hub import ModelCardData
+
+    metrics = dict(card.get("metrics") or {})
+    data = ModelCardData(library_name="vljepa", tags=["vl-jepa", "jepa", "vision-language",
+                                                      "embeddings", "zero-shot"],
+                         datasets=list(card.get("datasets") or []) or None,
+                         metrics=["accuracy"] if metrics else None)
+    lines = ["---", data.to_yaml(), "---", "", f"# {title}", "", summary, "",
+             "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in facts.items()), ""]
+    if metrics:
+        lines += ["## Results", "", "| metric | value |", "|---|---|",
+                  *(f"| {k} | {v:.4f} |" for k, v in metrics.items()), ""]
+    lines += ["## Use", "", "```python", usage.strip(), "```", ""]
+    if card.get("recipe"):
+        lines += ["## Training recipe", "", "```bash", card["recipe"], "```", ""]
+    return "\n".join(lines)
+
+
+def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                revision: str | None = None, commit_message: str = "Upload model",
+                create_pr: bool = False) -> str:
+    """Save ``model`` (its ``save_pretrained``: config, weights, card) and upload it to the Hub
+    repo ``repo_id`` (created if needed), as huggingface_hub's ``ModelHubMixin.push_to_hub``
+    does. The endpoint is huggingface_hub's (``HF_ENDPOINT``). Returns the commit URL.
+
+    Raises huggingface_hub's errors (no token, no network, ...) unchanged.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        info = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message, create_pr=create_pr)
+    return str(getattr(info, "commit_url", info))
 
 
 def read_pretrained(path: Path, map_location: str = "cpu"

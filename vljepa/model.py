@@ -64,6 +64,8 @@ class VLJEPA(nn.Module):
         self.loss_fn = get_loss(config.loss.kind)
         # answer()'s default candidates: the training answer vocabulary, saved with the model
         self.answers: list[str] | None = None
+        # what training knows for the model card: datasets, metrics, recipe (hub.model_card)
+        self.card: dict[str, Any] = {}
         self.y_decoder: YDecoder | None = None
         if config.y_decoder is not None:
             self.y_decoder = YDecoder(config.y_decoder, self.y_encoder, config.embed_dim)
@@ -418,11 +420,42 @@ class VLJEPA(nn.Module):
         y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
         meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
                 "y_encoder_fingerprint": y_fingerprint, "answers": self.answers,
-                "format": self.FORMAT, "vljepa_version": __version__}
+                "card": self.card, "format": self.FORMAT, "vljepa_version": __version__}
         state = self.trained_state_dict()
         if self.config.predictor.quant == "ternary":
             state = export_state_dict(self, state)
-        return hub.write_pretrained(directory, meta, state)
+        return hub.write_pretrained(directory, meta, state, self.model_card(directory, state))
+
+    def model_card(self, name: str | os.PathLike, state: dict[str, torch.Tensor]) -> str:
+        """The README.md written beside the weights (see :func:`vljepa.hub.model_card`)."""
+        c = self.config
+        trained = sum(v.numel() for v in state.values())
+        p = c.predictor
+        facts = {
+            "X-encoder (frozen, not stored)": f"{c.x_encoder.backend} `{c.x_encoder.name}`, "
+                                              f"weights `{c.x_encoder.weights}`",
+            "Y-encoder": f"{c.y_encoder.backend} `{c.y_encoder.name}` "
+                         f"({'trained' if c.y_encoder.trainable else 'frozen, not stored'})",
+            "Predictor": f"`{p.kind}`" + (f", width {p.width}, depth {p.depth}, {p.heads} heads"
+                                          if p.kind == "transformer" else "")
+                         + (", ternary (BitNet b1.58, packed)" if p.quant == "ternary" else ""),
+            "Shared space": f"D = {c.embed_dim}",
+            "Trained tensors": f"{trained:,} values in model.safetensors",
+            "Answer vocabulary": f"{len(self.answers)} answers" if self.answers else "none",
+            "Y-decoder": "yes" if self.y_decoder is not None else "no",
+        }
+        summary = ("A VL-JEPA (arXiv 2512.10942): it predicts the *embedding* of the answer "
+                   "from an image and a question, and answers, classifies and retrieves by the "
+                   f"nearest candidate text. Saved by vljepa {__version__}.")
+        usage = (f"import vljepa\nmodel = vljepa.load({Path(name).name!r})   # a directory or "
+                 "hub repo id\nanswers, scores = model.answer(images, questions)")
+        return hub.model_card(Path(name).name, summary, facts, self.card, usage)
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Upload this model (``save_pretrained``'s files) to a Hugging Face Hub repo; load it
+        back with ``vljepa.load(repo_id)``. Keyword arguments as
+        :func:`vljepa.hub.push_to_hub` (private, token, revision, commit_message, create_pr)."""
+        return hub.push_to_hub(self, repo_id, **kw)
 
     @classmethod
     def from_saved(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str,
@@ -458,6 +491,7 @@ class VLJEPA(nn.Module):
             check_packed_state(model, state, source)
         model.load_trained(state, source)
         model.answers = meta.get("answers")
+        model.card = dict(meta.get("card") or {})
         return model.to(map_location).eval()
 
     @classmethod
