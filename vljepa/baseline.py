@@ -54,7 +54,7 @@ class VLMBaseline(nn.Module):
     def device(self) -> torch.device:
         return self.visual_proj[1].weight.device
 
-    # ---- vocabulary ----
+    # ---- the decoder's token vocabulary ----
 
     def _special_ids(self) -> tuple[int, int, int]:
         return special_ids(self.y_encoder.model.tokenizer)
@@ -75,16 +75,16 @@ class VLMBaseline(nn.Module):
     def set_output_vocab(self, texts: Sequence[str]) -> None:
         """Let the decoder emit exactly the tokens of ``texts`` (and EOS); builds the decoder.
 
-        Raises RuntimeError if the decoder already exists with another vocabulary.
+        Raises RuntimeError if the decoder already exists with another token vocabulary.
         """
         ids, mask = self.tokenize_texts(list(dict.fromkeys(texts)))
-        vocab = corpus_vocab(ids, mask, self._special_ids()[0])
+        token_ids = corpus_vocab(ids, mask, self._special_ids()[0])
         if self.decoder is not None:
-            if vocab != self.config.output_vocab:
+            if token_ids != self.config.output_vocab:
                 raise RuntimeError("the decoder already has a different output vocabulary")
             return
-        self.config.output_vocab = vocab
-        self._build_decoder(vocab)
+        self.config.output_vocab = token_ids
+        self._build_decoder(token_ids)
 
     def tokenize_queries(self, queries: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B questions -> (ids (B, L) int64, mask (B, L) bool), as :meth:`VLJEPA.tokenize_queries`."""

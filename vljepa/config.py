@@ -113,7 +113,8 @@ class YDecoderConfig:
     prefix_tokens: int = 4  # the embedding becomes this many prefix vectors (a linear map)
     max_len: int = 32  # text tokens, BOS and EOS included
     # Token ids the decoder may emit (its token vocabulary: the training corpus's); None: the
-    # tokenizer's whole vocabulary. Set by the Lightning module from its corpus and saved with the model.
+    # tokenizer's whole vocabulary. Set by the Lightning module from its corpus and saved with
+    # the model.
     output_vocab: list[int] | None = None
 
 
