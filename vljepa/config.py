@@ -67,9 +67,21 @@ class PredictorConfig:
     # (a CLIP-style alignment trained with the same loss); the other fields are then unused.
     # "llm": the paper's predictor, the last llm_layers layers of the causal LM ``llm`` made
     # bidirectional, with that LM's tokenizer and token table for the query (llm_predictor.py).
+    # "cached_text": the "transformer" predictor reading the query as a frozen pretrained text
+    # encoder's contextual token states (computed once per distinct question) instead of static
+    # word vectors. "text": the last text_layers layers of a pretrained BERT-style text encoder
+    # read [visual tokens; query] themselves (modules/text_predictor.py).
     kind: str = "transformer"
     llm: str | None = None  # kind=llm: hub id or local dir, e.g. meta-llama/Llama-3.2-1B
     llm_layers: int = 8  # kind=llm: how many of the LM's last layers (paper: 8)
+    # kind=text / cached_text: the text encoder (sentence-transformers name, hub id or dir);
+    # None: the Y-encoder's own (all-MiniLM-L6-v2 by default)
+    text_model: str | None = None
+    # kind=text: how many of its last layers read [visual; query] (None: all); the layers below
+    # read the query alone, frozen, kept per distinct question
+    text_layers: int | None = None
+    text_train_layers: int | None = None  # kind=text: how many of those train, from the top
+    text_lr_mult: float = 1.0  # kind=text: learning-rate multiplier of the pretrained layers
 
     width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
     depth: int = 2

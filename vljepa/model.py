@@ -29,17 +29,23 @@ from .version import __version__
 
 
 def weight_decay_groups(module: nn.Module, lr: float, weight_decay: float,
-                        skip: tuple[str, ...] = ("x_encoder.", "y_encoder.")) -> list[dict[str, Any]]:
+                        skip: tuple[str, ...] = ("x_encoder.", "y_encoder."),
+                        lr_mults: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """AdamW parameter groups of ``module``'s trainable parameters outside ``skip``: weights at
     ``weight_decay``; norms, biases and positional embeddings (1-D tensors, names ending in
-    "pos") without decay, as in GPT-2 / timm."""
-    decay, no_decay = [], []
+    "pos") without decay, as in GPT-2 / timm. ``lr_mults`` (name prefix -> multiplier) puts
+    matching parameters at ``lr * multiplier`` (pretrained layers that should move slowly)."""
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad or name.startswith(skip):
             continue
-        (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
-    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        mult = next((m for prefix, m in (lr_mults or {}).items() if name.startswith(prefix)), 1.0)
+        no_decay = p.ndim < 2 or name.endswith("pos")
+        groups.setdefault((mult, no_decay), []).append(p)
+    groups.setdefault((1.0, False), [])
+    groups.setdefault((1.0, True), [])
+    return [{"params": ps, "lr": lr * mult, "weight_decay": 0.0 if no_decay else weight_decay}
+            for (mult, no_decay), ps in sorted(groups.items())]
 
 
 class VLJEPA(nn.Module):
@@ -140,9 +146,11 @@ class VLJEPA(nn.Module):
         return self.loss_fn(pred, target, scale, target_ids)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimizer groups: predictor and heads at ``lr``; norms, biases, positional embeddings
-        and the logit scale without weight decay; a trainable Y-encoder at ``lr * lr_mult``."""
-        groups = weight_decay_groups(self, lr, weight_decay)
+        """Optimizer groups: predictor and heads at ``lr`` (a predictor's pretrained layers at
+        its ``lr_mults``); norms, biases, positional embeddings and the logit scale without
+        weight decay; a trainable Y-encoder at ``lr * lr_mult``."""
+        mults = {f"predictor.{k}": m for k, m in self.predictor.lr_mults.items()}
+        groups = weight_decay_groups(self, lr, weight_decay, lr_mults=mults)
         y_params = [p for p in self.y_encoder.parameters() if p.requires_grad]
         if y_params:
             groups.append({"params": y_params, "lr": lr * self.config.y_encoder.lr_mult,
@@ -419,7 +427,8 @@ class VLJEPA(nn.Module):
         """
         y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
         meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
-                "y_encoder_fingerprint": y_fingerprint, "answers": self.answers,
+                "y_encoder_fingerprint": y_fingerprint,
+                "predictor_fingerprint": self.predictor.fingerprint, "answers": self.answers,
                 "card": self.card, "format": self.FORMAT, "vljepa_version": __version__}
         state = self.trained_state_dict()
         if self.config.predictor.quant == "ternary":
@@ -486,6 +495,12 @@ class VLJEPA(nn.Module):
                     f"the Y-encoder built here ({model.config.y_encoder.name}, fingerprint "
                     f"{found}) is not the one {source} was trained with (fingerprint "
                     f"{meta['y_encoder_fingerprint']}): its weights or version differ")
+        if meta.get("predictor_fingerprint") not in (None, model.predictor.fingerprint):
+            raise ValueError(
+                f"the pretrained text encoder of the predictor built here "
+                f"({model.config.predictor.text_model or model.config.y_encoder.name}, "
+                f"fingerprint {model.predictor.fingerprint}) is not the one {source} was trained "
+                f"with (fingerprint {meta['predictor_fingerprint']}): its weights or version differ")
         if any(k.endswith(".weight_packed") for k in state):
             to_packed(model.predictor)  # drop the fp32 latent weights before the packed arrive
             check_packed_state(model, state, source)

@@ -41,6 +41,9 @@ class LLMPredictor(nn.Module):
             ``layers`` / ``norm`` / ``rotary_emb``.
     """
 
+    fingerprint = None  # the LM is named by the config; its trained layers are saved
+    lr_mults: dict[str, float] = {}
+
     def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: nn.Module | None,
                  embed_dim: int):
         super().__init__()

