@@ -78,7 +78,8 @@ def test_efficientnet_lite0_weights_are_the_imagenet_ones(model):
 def test_save_then_load_gives_identical_predictions(model, tmp_path, easy_vqa_test_image):
     torch.manual_seed(1)  # the loaded model starts from another random init: a no-op load fails
     model.save_pretrained(tmp_path / "m")
-    assert sorted(f.name for f in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(f.name for f in (tmp_path / "m").iterdir()) == ["README.md", "config.json",
+                                                                   "model.safetensors"]
     loaded = vljepa.load(tmp_path / "m")
     assert not loaded.training
     q = ["what color is the shape?", "is there a circle?"]

@@ -176,8 +176,9 @@ class VLMBaseline(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
                 if not k.startswith(("x_encoder.", "y_encoder."))}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, name: str | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory.
+        (``name`` is accepted as :meth:`vljepa.VLJEPA.save_pretrained` takes it: no card here.)
         Raises RuntimeError before :meth:`set_output_vocab` (there is no decoder to save)."""
         self._need_decoder()
         meta = {"format": self.FORMAT, "model": self.config.to_dict(),

@@ -6,6 +6,7 @@
     vljepa eval     -m MODEL --task openmoji digits retrieval
     vljepa convert  checkpoints/<run>/checkpoints/last.ckpt checkpoints/<run>/model
     vljepa quantize checkpoints/<run>/model checkpoints/<run>/ternary   # BitNet b1.58, packed
+    vljepa demo     -m MODEL --port 7860                    # web demo (pip install 'vljepa[demo]')
 
 MODEL is a saved model directory, a Lightning .ckpt or a hub repo id (``$VLJEPA_MODEL`` when
 -m is not given). Results go to stdout (or -o FILE) as JSON (default) or CSV (--format csv).
@@ -90,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
                                         "python train.py experiment=ternary init_from=SRC")
     p.add_argument("source", help="full-precision model directory, .ckpt or hub repo id")
     p.add_argument("output_dir", help="directory to write (config.json + packed weights)")
+
+    desc = ("Serve a web demo (gradio) of the model: image question answering, zero-shot "
+            "labels, selective decoding of a video. Needs pip install 'vljepa[demo]'.")
+    p = sub.add_parser("demo", help=desc, description=desc)
+    p.add_argument("-m", "--model", default=os.environ.get("VLJEPA_MODEL"),
+                   help="model directory, Lightning .ckpt or hub repo id (default: $VLJEPA_MODEL)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default "
+                   "127.0.0.1, this machine only; 0.0.0.0 for every one)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     return ap
 
 
@@ -119,6 +129,14 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         return None
     if not args.model:
         raise ValueError("no model given: pass -m MODEL or set $VLJEPA_MODEL")
+    if args.command == "demo":
+        try:  # gradio is an optional dependency (the demo extra): imported for this command only
+            from .demo import launch
+        except ImportError as e:
+            raise ImportError(f"the web demo needs gradio and matplotlib: pip install "
+                              f"'vljepa[demo]' ({e})") from e
+        launch(args.model, host=args.host, port=args.port)
+        return None
     model = load(args.model)
     kw = {"batch_size": args.batch_size, "progress": args.progress}
     if args.command == "embed":

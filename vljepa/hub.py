@@ -65,7 +65,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     """
     path = Path(name_or_path)
     text = str(name_or_path)
-    if path.exists() or path.suffix == CHECKPOINT_SUFFIX or text.count("/") != 1 \
+    repo_part = text.partition("@")[0]  # a revision may hold "/" (refs/pr/1)
+    if path.exists() or path.suffix == CHECKPOINT_SUFFIX or repo_part.count("/") != 1 \
             or text.startswith((".", "/")):
         return path
     from huggingface_hub import snapshot_download
@@ -73,7 +74,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     repo_id, _, revision = text.partition("@")
     try:
         return Path(snapshot_download(repo_id, revision=revision or None,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"]))
+                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
     except Exception as e:  # offline, unknown repo, no network: all mean "not available here"
         raise FileNotFoundError(
             f"no local model directory {text!r}, and it could not be fetched as a hub repo id "
@@ -141,7 +142,7 @@ def push_to_hub(model, repo_id: str, *, private: bool | None = None, token: str 
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, name=repo.repo_id)  # the card names the repo, not tmp
         info = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, revision=revision,
                                  commit_message=commit_message, create_pr=create_pr)
     return str(getattr(info, "commit_url", info))

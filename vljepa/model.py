@@ -416,14 +416,15 @@ class VLJEPA(nn.Module):
         self.load_state_dict(state, strict=False)
         return self
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, name: str | None = None) -> Path:
         """Write ``config.json`` (the config, the encoders' fingerprints, the saved answers) and
         ``model.safetensors`` (:meth:`trained_state_dict`) to ``directory``, atomically.
 
         A ternary model (``predictor.quant="ternary"``) is written packed: 2 bits per BitLinear
         weight plus a scale, its other predictor tensors in float16 (see
         :func:`vljepa.modules.bitlinear.export_state_dict`). The model itself is left as it is.
-        Returns the directory.
+        ``name`` titles the model card (a hub repo id when pushed; default: the directory's
+        name). Returns the directory.
         """
         y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
         meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
@@ -433,9 +434,10 @@ class VLJEPA(nn.Module):
         state = self.trained_state_dict()
         if self.config.predictor.quant == "ternary":
             state = export_state_dict(self, state)
-        return hub.write_pretrained(directory, meta, state, self.model_card(directory, state))
+        card = self.model_card(name or Path(directory).resolve().name, state)
+        return hub.write_pretrained(directory, meta, state, card)
 
-    def model_card(self, name: str | os.PathLike, state: dict[str, torch.Tensor]) -> str:
+    def model_card(self, name: str, state: dict[str, torch.Tensor]) -> str:
         """The README.md written beside the weights (see :func:`vljepa.hub.model_card`)."""
         c = self.config
         trained = sum(v.numel() for v in state.values())
@@ -456,9 +458,9 @@ class VLJEPA(nn.Module):
         summary = ("A VL-JEPA (arXiv 2512.10942): it predicts the *embedding* of the answer "
                    "from an image and a question, and answers, classifies and retrieves by the "
                    f"nearest candidate text. Saved by vljepa {__version__}.")
-        usage = (f"import vljepa\nmodel = vljepa.load({Path(name).name!r})   # a directory or "
-                 "hub repo id\nanswers, scores = model.answer(images, questions)")
-        return hub.model_card(Path(name).name, summary, facts, self.card, usage)
+        usage = (f"import vljepa\nmodel = vljepa.load({name!r})   # a directory or hub repo id"
+                 "\nanswers, scores = model.answer(images, questions)")
+        return hub.model_card(name.rsplit("/", 1)[-1], summary, facts, self.card, usage)
 
     def push_to_hub(self, repo_id: str, **kw: Any) -> str:
         """Upload this model (``save_pretrained``'s files) to a Hugging Face Hub repo; load it
