@@ -1,4 +1,4 @@
-"""The Y-decoder (vljepa/y_decoder.py): decode(S_Y(t)) ≈ t, saved with the model, and its training
+"""The Y-decoder (vljepa/modules/y_decoder.py): decode(S_Y(t)) ≈ t, saved with the model, and its training
 run (train.py experiment=y_decoder)."""
 import pytest
 import torch
