@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             source = cfg.data.get("source") or cfg.data.get("sources") or []
             model.card = {"datasets": [source] if isinstance(source, str) else list(source),
                           "metrics": metrics, "recipe": " ".join(["python train.py", *overrides])}
-            model.save_pretrained(Path(cfg.paths.output_dir) / "model")
+            model.save_pretrained(Path(cfg.paths.output_dir) / "model", name=str(cfg.run_name))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         lines = [
             "== vljepa run summary ==",
