@@ -228,6 +228,52 @@ def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int] | None, k: int) -> t
     return x.flatten(2).transpose(1, 2)
 
 
+class VisualSlots(nn.Module):
+    """Learned attention pooling of N visual tokens into M slots: (B, N, Dx) -> (B, M, H).
+
+    Each token goes through LayerNorm, a linear map to H and GELU; each slot takes a softmax over
+    the N tokens of a linear score of those features and returns their weighted mean (an
+    attention pool with M learned queries, as in Perceiver / Flamingo's resampler, reduced to one
+    linear score per slot). The cost per token is O(Dx H + H M), so hundreds of narrow
+    early-stage tokens cost less than a few tokens through the predictor's transformer, which
+    then reads only the M slots.
+
+    Args:
+        visual_dim: Dx. width: H. slots: M >= 1.
+    Raises:
+        ValueError: ``slots`` < 1.
+    """
+
+    def __init__(self, visual_dim: int, width: int, slots: int):
+        super().__init__()
+        if slots < 1:
+            raise ValueError(f"predictor.visual_slots must be >= 0, got {slots}")
+        self.norm = nn.LayerNorm(visual_dim)
+        self.proj = nn.Linear(visual_dim, width)
+        self.score = nn.Linear(width, slots)
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual (B, N, Dx) float -> slots (B, M, H) float."""
+        h = F.gelu(self.proj(self.norm(visual)))  # (B, N, H)
+        attn = self.score(h).softmax(dim=1)  # (B, N, M): each slot's weights over the tokens
+        return attn.transpose(1, 2) @ h  # (B, M, H)
+
+
+def visual_slots(cfg, visual_dim: int, num_tokens: int
+                 ) -> tuple[VisualSlots | None, int, int]:
+    """The predictor's :class:`VisualSlots` for ``cfg`` (a PredictorConfig), or None when
+    ``cfg.visual_slots`` is 0; with the width and count of the tokens it outputs
+    ``(module, Dx', N')`` (unchanged without slots).
+
+    Raises ValueError for a negative ``visual_slots``."""
+    if cfg.visual_slots < 0:
+        raise ValueError(f"predictor.visual_slots must be >= 0, got {cfg.visual_slots}")
+    if not cfg.visual_slots:
+        return None, visual_dim, num_tokens
+    H = cfg.visual_slot_dim or cfg.width
+    return VisualSlots(visual_dim, H, cfg.visual_slots), H, cfg.visual_slots
+
+
 def _blank_image():
     from PIL import Image
     return Image.new("RGB", (64, 64))

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import PredictorConfig
 from .bitlinear import BitLinear, TernaryEncoder
-from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
+from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
 from .llm_predictor import LLMPredictor
 from .queries import ContextualQuery, TokenTableQuery
 from .text_predictor import TextPredictor
@@ -36,8 +36,8 @@ class Predictor(nn.Module):
     (:class:`~vljepa.modules.queries.ContextualQuery`, ``kind="cached_text"``).
 
     Args:
-        cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling)
-            and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
+        cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling,
+            visual slots) and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
             but the head becomes a :class:`~vljepa.modules.bitlinear.BitLinear`, each after a
             norm).
         x_encoder: gives Dx (token width), N (token count) and the (h, w) grid of a CNN, which
@@ -46,7 +46,8 @@ class Predictor(nn.Module):
         embed_dim: D, the shared embedding space.
         query: the query reader; None: the Y-encoder's token table.
     Raises:
-        ValueError: an unknown ``quant``, or ``visual_pool > 1`` without a token grid.
+        ValueError: an unknown ``quant``, ``visual_pool > 1`` without a token grid, or a
+            negative ``visual_slots``.
     """
 
     lr_mults: dict[str, float] = {}  # every parameter at the base learning rate
@@ -67,6 +68,9 @@ class Predictor(nn.Module):
                 raise ValueError("predictor.visual_pool > 1 needs an X-encoder with a token grid")
             h, w = pooled_grid(self.grid, cfg.visual_pool)
             num_visual_tokens = h * w
+        # optional learned slots after the pooling: (B, N', Dx) -> (B, M, H)
+        self.slots, visual_dim, num_visual_tokens = visual_slots(cfg, visual_dim,
+                                                                 num_visual_tokens)
         W = cfg.width
         # The input projections are quantised too (they hold a quarter of the weights); their
         # LayerNorm is the norm BitNet puts before each quantised input.
@@ -97,8 +101,10 @@ class Predictor(nn.Module):
         return self.query.embed(ids)
 
     def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``."""
-        return pool_tokens(visual, self.grid, self.cfg.visual_pool)
+        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``; then,
+        with ``cfg.visual_slots`` = M, (B, M, H) learned slots."""
+        v = pool_tokens(visual, self.grid, self.cfg.visual_pool)
+        return v if self.slots is None else self.slots(v)
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None,
                 query_mask: torch.Tensor | None) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import PredictorConfig
-from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
+from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
 from .queries import (QueryStates, bert_tokenize, freeze_unsaved, load_text_encoder, run_layers,
                       weights_fingerprint)
 
@@ -37,8 +37,8 @@ class TextPredictor(nn.Module):
         cfg: ``text_model`` (None: the Y-encoder's, read again from its package: these layers
             train, the Y-encoder's stay as they are), ``text_layers`` (None: all),
             ``text_train_layers`` (how many of those, from the top, train; None: all),
-            ``text_lr_mult``, ``max_query_len``, ``visual_pool``, ``dropout``. Width and heads
-            are the text encoder's.
+            ``text_lr_mult``, ``max_query_len``, ``visual_pool``, ``visual_slots``, ``dropout``.
+            Width and heads are the text encoder's.
         x_encoder: gives Dx, N (before pooling) and the CNN token grid (h, w).
         y_encoder: names the default text encoder.
         embed_dim: D, the shared space.
@@ -83,6 +83,8 @@ class TextPredictor(nn.Module):
         if cfg.visual_pool > 1:
             h, w = pooled_grid(grid, cfg.visual_pool)
             num_visual_tokens = h * w
+        self.slots, visual_dim, num_visual_tokens = visual_slots(cfg, visual_dim,
+                                                                 num_visual_tokens)
         self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, W))
         # the text encoder's position table covers the query; the visual tokens learn their own
         self.visual_pos = nn.Parameter(torch.zeros(1, num_visual_tokens, W))
@@ -100,8 +102,10 @@ class TextPredictor(nn.Module):
         return self.query_states(ids)
 
     def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``."""
-        return pool_tokens(visual, self.grid, self.cfg.visual_pool)
+        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``; then,
+        with ``cfg.visual_slots`` = M, (B, M, H) learned slots."""
+        v = pool_tokens(visual, self.grid, self.cfg.visual_pool)
+        return v if self.slots is None else self.slots(v)
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None,
                 query_mask: torch.Tensor | None) -> torch.Tensor:
