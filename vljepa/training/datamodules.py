@@ -25,6 +25,28 @@ from ..model import VLJEPA
 from .features import CaptionFeatures, MixedFeatures, TextSet, VQAFeatures, as_batch
 
 
+def columns(ds, names: Sequence[str]) -> dict[str, list]:
+    """Columns of a ``datasets.Dataset`` as Python lists, read in one slice (``list(ds[name])``
+    decodes row by row: seconds for easy-VQA's 48k rows)."""
+    return ds.select_columns(list(names))[:]
+
+
+def image_keys(images: Sequence[Any]) -> list[str]:
+    """:func:`~vljepa.inputs.image_key` of each image, hashing each file once: questions share
+    images (easy-VQA: about 10 questions per image, given as the same file path)."""
+    by_path: dict[str, str] = {}
+    keys = []
+    for im in images:
+        path = im.get("path") if isinstance(im, dict) and not im.get("bytes") else None
+        if path is None:
+            keys.append(image_key(im))
+            continue
+        if path not in by_path:
+            by_path[path] = image_key(im)
+        keys.append(by_path[path])
+    return keys
+
+
 class FeatureDataModule(L.LightningDataModule):
     """The base of vljepa's datamodules: the attributes the training loop reads, the feature
     cache and the loaders.
@@ -113,9 +135,8 @@ class VQADataModule(FeatureDataModule):
         """"train" or "test" -> (the dataset, its images, their cache keys)."""
         split, limit = self.splits[which]
         ds = load_vqa(split=split, max_samples=limit, **self.source_kwargs)
-        images = list(ds["image"])
-        keys = [image_key(im) for im in images]
-        return ds, images, keys
+        images = columns(ds, ["image"])["image"]
+        return ds, images, image_keys(images)
 
     def prepare_data(self) -> None:
         for which in self.splits:
@@ -126,10 +147,10 @@ class VQADataModule(FeatureDataModule):
         if self.candidates:
             return
         loaded = {which: self.load_split(which) for which in self.splits}
-        self.candidates = sorted({a for ds, _, _ in loaded.values() for a in ds["answer"]})
+        cols = [columns(ds, ["answer", "question_type"]) for ds, _, _ in loaded.values()]
+        self.candidates = sorted({a for c in cols for a in c["answer"]})
         self.answer_vocabulary = self.candidates
-        self.question_types = sorted({t for ds, _, _ in loaded.values()
-                                      for t in ds["question_type"]})
+        self.question_types = sorted({t for c in cols for t in c["question_type"]})
         train_ds, _, train_keys = loaded["train"]
         unique = sorted(set(train_keys))
         random.Random(self.seed).shuffle(unique)
@@ -145,9 +166,14 @@ class VQADataModule(FeatureDataModule):
         keys = [keys[i] for i in rows]
         unique = list(dict.fromkeys(keys))
         position = {k: i for i, k in enumerate(unique)}
-        columns = {c: list(ds[c]) for c in ("question", "answer", "question_type")}
-        questions, answers, qtypes = ([col[i] for i in rows] for col in columns.values())
-        ids, mask = self.model.tokenize_queries(questions)
+        cols = columns(ds, ["question", "answer", "question_type"])
+        questions, answers, qtypes = ([col[i] for i in rows] for col in cols.values())
+        # a VQA set asks few distinct questions (easy-VQA: 107 in 38,575): tokenise each once
+        distinct = list(dict.fromkeys(questions))
+        ids, mask = self.model.tokenize_queries(distinct)
+        at = {q: i for i, q in enumerate(distinct)}
+        which = torch.tensor([at[q] for q in questions], dtype=torch.long)
+        ids, mask = ids[which], mask[which]
         a_index = {a: i for i, a in enumerate(self.candidates)}
         t_index = {t: i for i, t in enumerate(self.question_types)}
         return VQAFeatures(self.cache.load(unique), torch.tensor([position[k] for k in keys]),
@@ -205,8 +231,8 @@ class CaptionDataModule(FeatureDataModule):
         """"train", "val" or "test" -> (the caption dataset, its images, their cache keys)."""
         if split not in self._splits:
             ds = CAPTION_SOURCES[self.source](split, **self.split_kwargs)
-            images = list(ds["image"])
-            self._splits[split] = (ds, images, [image_key(im) for im in images])
+            images = columns(ds, ["image"])["image"]
+            self._splits[split] = (ds, images, image_keys(images))
         return self._splits[split]
 
     def prepare_data(self) -> None:
