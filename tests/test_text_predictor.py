@@ -113,3 +113,38 @@ def test_pretrained_layers_train_at_their_own_learning_rate():
             assert ids <= layer_params and g["lr"] == pytest.approx(1e-4)
     assert sum(len(g["params"]) for g in groups) == \
         sum(1 for p in m.parameters() if p.requires_grad)
+
+
+def test_visual_slots_pool_tokens_by_learned_attention():
+    """(B, N, Dx) -> (B, M, H); each slot is a weighted mean of the tokens' features, so it does
+    not depend on token order and equals the feature itself when all tokens are the same."""
+    from torch.nn import functional as F
+
+    from vljepa.modules.encoders import VisualSlots
+    torch.manual_seed(0)
+    slots = VisualSlots(24, 16, 4)
+    x = torch.randn(3, 256, 24)
+    out = slots(x)
+    assert out.shape == (3, 4, 16)
+    assert torch.allclose(slots(x[:, torch.randperm(256)]), out, atol=1e-5)
+    same = x[:, :1].expand(3, 256, 24)
+    feature = F.gelu(slots.proj(slots.norm(x[:, :1])))  # (3, 1, 16)
+    assert torch.allclose(slots(same), feature.expand(3, 4, 16), atol=1e-5)
+    with pytest.raises(ValueError, match="visual_slots"):
+        vljepa.create_model(predictor={"visual_slots": -1})
+
+
+def test_the_default_model_is_the_lite_recipe():
+    """create_model() is NAMED_CONFIGS["lite"]: the language-aware predictor over 4 slots of
+    EfficientNet-Lite0's stride-4 tokens at 64 px; its slots are trained and saved."""
+    model = vljepa.create_model()
+    cfg = model.config
+    assert (cfg.predictor.kind, cfg.predictor.visual_slots, cfg.x_encoder.image_size,
+            cfg.x_encoder.feature_index) == ("cached_text", 4, 64, -4)
+    assert (model.x_encoder.num_tokens, model.x_encoder.dim) == (256, 24)  # 16x16 tokens
+    assert any(k.startswith("predictor.slots.") for k in model.trained_state_dict())
+    visual = torch.randn(2, 256, 24)
+    ids, mask = model.tokenize_queries(QUESTIONS)
+    with torch.no_grad():
+        out = model.predictor(visual, model.predictor.embed_query(ids), mask)
+    assert out.shape == (2, model.config.embed_dim)

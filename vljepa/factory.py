@@ -35,14 +35,14 @@ def create_model(config: str | ModelConfig | dict | None = None, **overrides: An
         config: a named config (``"lite"``, the offline default: EfficientNet-Lite0 X-encoder,
             all-MiniLM-L6-v2 Y-encoder; ``"paper"``; see :data:`vljepa.config.NAMED_CONFIGS`),
             a :class:`ModelConfig`, or a nested dict (e.g. a Hydra node) of the fields that
-            differ from the default. None: ``"lite"``.
+            differ from the dataclass defaults (:class:`ModelConfig`). None: ``"lite"``.
         overrides: fields merged into the config, nested dicts key by key, e.g.
             ``create_model("lite", predictor={"depth": 4})``.
     Raises:
         ValueError: an unknown config name or config key (names it).
     """
-    if isinstance(config, str):
-        config = named_config(config)
+    if config is None or isinstance(config, str):
+        config = named_config(config or "lite")
     cfg = ModelConfig.from_dict(config or {}).to_dict()
     return VLJEPA(ModelConfig.from_dict(merge(cfg, overrides)))
 
