@@ -148,3 +148,18 @@ def test_the_default_model_is_the_lite_recipe():
     with torch.no_grad():
         out = model.predictor(visual, model.predictor.embed_query(ids), mask)
     assert out.shape == (2, model.config.embed_dim)
+
+
+@torch.no_grad()
+def test_query_free_rows_give_the_visual_only_prediction(cached):
+    """Caption batches (stage 1) have no query: all-pad ids, all-False mask. Such a row predicts
+    from the visual tokens alone, whatever the other rows of its batch ask."""
+    visual = torch.randn(3, cached.x_encoder.num_tokens, cached.x_encoder.dim)
+    none_ids, none_mask = torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.bool)
+    alone = cached(visual, none_ids, none_mask)
+    ids, mask = cached.tokenize_queries(QUESTIONS)
+    ids = torch.cat([ids, torch.zeros_like(ids[:1])])
+    mask = torch.cat([mask, torch.zeros_like(mask[:1])])
+    mixed = cached(visual, ids, mask)
+    assert torch.allclose(mixed[2], alone[2], atol=1e-5)
+    assert not torch.allclose(mixed[0], alone[0], atol=1e-3)  # a question changes the answer

@@ -197,12 +197,16 @@ class QueryStates(nn.Module):
             while r and r[-1] == self.pad_id:
                 r.pop()
             rows.append(tuple(r))
-        new = [r for r in dict.fromkeys(rows) if r not in self._memo]
+        new = [r for r in dict.fromkeys(rows) if r and r not in self._memo]
         if new:
             if len(self._memo) + len(new) > self.MEMO_SIZE:
                 self._memo.clear()  # bounded: an open-ended question stream need not fit
             self._memo.update(zip(new, self._encode(new)))
-        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] for r in rows], batch_first=True)
+        # an all-pad row is no query (query-free caption batches): no states, all masked
+        width = self._parts[0].word_embeddings.embedding_dim
+        empty = torch.zeros(0, width)
+        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] if r else empty for r in rows],
+                                              batch_first=True)
         if out.shape[1] < ids.shape[1]:  # a batch padded beyond its longest question
             out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
         return out.to(ids.device)
