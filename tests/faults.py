@@ -27,18 +27,23 @@ class KillAt(L.Callback):
     (a timer thread fires while the main thread serialises and writes the file).
     """
 
-    def __init__(self, step: int, where: str = "step", delay: float = 0.0):
+    def __init__(self, step: int, where: str = "step", delay: float = 0.0, group: bool = False):
         if where not in ("step", "checkpoint"):
             raise ValueError(f"where must be 'step' or 'checkpoint', got {where!r}")
-        self.step, self.where, self.delay = step, where, delay
+        self.step, self.where, self.delay, self.group = step, where, delay, group
+
+    def _kill(self):
+        if self.group:  # every rank of a DDP job (started in its own session): a node failure
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.where == "step" and trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.where == "step" and trainer.global_step == self.step and trainer.is_global_zero:
+            self._kill()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self.where == "checkpoint" and trainer.global_step == self.step:
-            threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            threading.Timer(self.delay, self._kill).start()
 
 
 class RecordSteps(L.Callback):
@@ -50,21 +55,23 @@ class RecordSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        row = {"step": trainer.global_step, "ids": batch["answer_ids"].tolist(),
-               "loss": float(loss)}
+        row = {"step": trainer.global_step, "rank": trainer.global_rank,
+               "ids": batch["answer_ids"].tolist(), "loss": float(loss)}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
 
-def read_steps(path) -> dict[int, dict]:
-    """RecordSteps' file -> {step: row}; a resumed run's rows overwrite the killed run's."""
+def read_steps(path, rank: int = 0) -> dict[int, dict]:
+    """RecordSteps' file -> {step: row} of one rank; a resumed run's rows overwrite the killed
+    run's."""
     rows = {}
     if Path(path).exists():
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[row["step"]] = row
+                if row.get("rank", 0) == rank:
+                    rows[row["step"]] = row
     return rows
 
 
@@ -83,6 +90,7 @@ def train_cmd(overrides: list[str]) -> list[str]:
 
 
 def run_train(overrides: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run train.py to completion (or to its kill); returncode -9 means killed."""
+    """Run train.py to completion (or to its kill) in its own session (so KillAt(group=True)
+    takes its DDP ranks with it, nothing else); returncode -9 means killed."""
     return subprocess.run(train_cmd(overrides), cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, start_new_session=True)
