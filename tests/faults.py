@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -55,7 +56,7 @@ class RecordSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        row = {"step": trainer.global_step, "rank": trainer.global_rank,
+        row = {"step": trainer.global_step, "rank": trainer.global_rank, "t": time.time(),
                "ids": batch["answer_ids"].tolist(), "loss": float(loss)}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -94,3 +95,24 @@ def run_train(overrides: list[str], timeout: float = 900) -> subprocess.Complete
     takes its DDP ranks with it, nothing else); returncode -9 means killed."""
     return subprocess.run(train_cmd(overrides), cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=timeout, start_new_session=True)
+
+
+class KillDuringExport(L.Callback):
+    """SIGKILL this process ``delay`` seconds after ``save_pretrained`` starts writing the
+    exported model (train.py exports after testing): ``vljepa.hub.atomic_write`` is wrapped so
+    its first call starts the timer."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+
+    def on_test_end(self, trainer, pl_module):
+        import vljepa.hub as hub
+
+        real = hub.atomic_write
+
+        def atomic_write(*args, **kwargs):
+            if hub.atomic_write is atomic_write:
+                hub.atomic_write = real
+                threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            return real(*args, **kwargs)
+        hub.atomic_write = atomic_write

@@ -118,6 +118,29 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert [p.name for p in remove_stale_temps(tmp_path)] == [f".last.ckpt.tmp-{dead}"]
 
 
+def test_lightnings_own_save_moves_a_file_from_the_system_temp_dir(tmp_path, monkeypatch):
+    """Why AtomicCheckpointIO: Lightning's local save (fsspec transaction) writes the checkpoint
+    to the system temp directory and shutil.move()s it to the target: a copy, not an atomic
+    rename, whenever the two are on different filesystems."""
+    import tempfile
+
+    import fsspec.implementations.local as local
+    from lightning.fabric.utilities.cloud_io import _atomic_save
+
+    moves = []
+    real_move = local.shutil.move
+    monkeypatch.setattr(local.shutil, "move", lambda a, b: (moves.append((a, b)), real_move(a, b)))
+    target = tmp_path / "ckpts" / "last.ckpt"
+    target.parent.mkdir()
+    _atomic_save({"w": torch.ones(2)}, target)
+    assert len(moves) == 1
+    src, dst = moves[0]
+    assert Path(src).parent == Path(tempfile.gettempdir()) and Path(dst) == target
+    moves.clear()
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(2)}, target)
+    assert moves == []  # ours: a rename within target's directory
+
+
 def _read_only_dir(tmp_path: Path):
     """A directory this process cannot write: chmod for ordinary users; root ignores modes, so
     for root a read-only tmpfs mount (None when mounting is not allowed either)."""
@@ -237,3 +260,52 @@ def test_two_processes_filling_one_cache_never_corrupt_it(tmp_path):
     expected = torch.stack([_fake_encode(_transform(im)[None])[0]
                             for im in _images(n).values()]).half()
     assert torch.equal(cache.load(list(_images(n))), expected)
+
+
+@pytest.mark.slow
+def test_paper_stage1_ddp_from_litdata_killed_mid_epoch_resumes_to_the_same_loss(
+        tmp_path, cache_dir, tiny_vjepa2, tiny_llama, tiny_sentence_transformer):
+    """experiment=paper_stage1 with tiny stand-ins: litdata chunks made by the conversion
+    command, 2 CPU ranks (DDP, gloo), both ranks killed mid-epoch, resumed: same batches on each
+    rank, and final weights and loss bit-identical (the Y-encoder trains here, so no target is
+    memoised: nothing differs)."""
+    from vljepa.training.chunks import main as convert_main
+
+    from conftest import CONFIGS
+
+    stand_ins = ["experiment=paper_stage1", f"paths.cache_dir={cache_dir}",
+                 f"model.config.x_encoder.name={tiny_vjepa2}", "model.config.x_encoder.frames=4",
+                 f"model.config.predictor.llm={tiny_llama}", "model.config.predictor.llm_layers=2",
+                 f"model.config.y_encoder.name={tiny_sentence_transformer}",
+                 "model.config.embed_dim=48"]
+    chunks = tmp_path / "chunks"
+    assert convert_main(["--source-data", "openmoji", "--out", str(chunks), "--config-dir",
+                         str(CONFIGS), *stand_ins, "data.image_size=32"]) == 0
+
+    def ovr(out: Path, *extra: str) -> list[str]:
+        return [*stand_ins, f"data.data_dir={chunks}", f"paths.output_dir={out}", "run_name=p1",
+                "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+                "trainer.accumulate_grad_batches=1",
+                "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=32",
+                "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4",
+                "trainer.enable_progress_bar=false", "test=false",
+                "+callbacks.record._target_=faults.RecordSteps",
+                f"+callbacks.record.path={out / 'steps.jsonl'}", *extra]
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    out = run_train(ovr(ref))
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_train(ovr(run, "+callbacks.kill._target_=faults.KillAt", "+callbacks.kill.step=22",
+                        "+callbacks.kill.group=true"))
+    assert out.returncode == -9, out.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+    out = run_train(ovr(run, f"ckpt_path={last}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        a, b = read_steps(ref / "steps.jsonl", rank), read_steps(run / "steps.jsonl", rank)
+        assert sorted(a) == sorted(b) == list(range(1, 33))  # 1,024 captions / (32 x 2) x 2
+        assert all(a[s]["ids"] == b[s]["ids"] and a[s]["loss"] == b[s]["loss"]
+                   for s in range(21, 33)), rank
+    wa, wb = _weights(ref / "checkpoints" / "last.ckpt"), _weights(last)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
