@@ -309,3 +309,14 @@ def test_paper_stage1_ddp_from_litdata_killed_mid_epoch_resumes_to_the_same_loss
                    for s in range(21, 33)), rank
     wa, wb = _weights(ref / "checkpoints" / "last.ckpt"), _weights(last)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_save_pretrained_removes_what_a_killed_save_left(tmp_path, model):
+    """A save_pretrained killed mid-write leaves a hidden temporary file (never a half-written
+    model file); the next save removes it."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / ".model.safetensors.x1y2z3").write_bytes(b"half a tensor")
+    (d / ".README.md.abc").write_text("half a card")
+    model.save_pretrained(d)
+    assert sorted(p.name for p in d.iterdir()) == ["README.md", "config.json", "model.safetensors"]
