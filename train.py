@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vljepa import init_from
+from vljepa.training.checkpointing import BYTES_PER_TRAINED_PARAM, check_output_dir
 from vljepa.training.configs import register_configs
 from vljepa.training.timing import PhaseTimer
 
@@ -41,6 +42,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("init_from"):
         init_from(model, cfg.init_from)
     module = instantiate(cfg.module, model=model)
+    # a read-only or full output directory fails now, naming it, not after caching and training
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    check_output_dir(Path(cfg.paths.output_dir) / "checkpoints",
+                     need_bytes=2 * BYTES_PER_TRAINED_PARAM * trained)
     data = instantiate(cfg.data, model=model)
     timer = PhaseTimer()
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()] + [timer]

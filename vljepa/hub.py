@@ -86,13 +86,17 @@ def write_pretrained(directory: str | os.PathLike, meta: dict[str, Any],
                      state: dict[str, torch.Tensor], card: str | None = None) -> Path:
     """Write ``model.safetensors`` (``state``), ``config.json`` (``meta``, which must carry a
     ``format``) and, if given, the model card ``README.md`` to ``directory`` (created if
-    needed), each atomically. Returns the directory."""
+    needed), each atomically; temporary files left in it by a writer that was killed are removed
+    first (so two processes must not save to one directory at once). Returns the directory."""
     from safetensors.torch import save_file
 
     if "format" not in meta:
         raise ValueError("a saved model's config needs a 'format' field")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):  # temp files of a writer killed mid-save
+        for stale in d.glob(f".{name}.*"):
+            stale.unlink(missing_ok=True)
     atomic_write(d / WEIGHTS_NAME, lambda p: save_file(state, p))
     atomic_write(d / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     if card is not None:

@@ -7,20 +7,29 @@ Layout: ``<root>/<encoder fingerprint>/shard-*.safetensors``. Each shard holds a
 ``tokens`` (n, N, Dx) float16 and, in its metadata, the n image keys (content hashes, see
 :func:`vljepa.inputs.image_key`). The fingerprint covers the encoder's name, weights and
 preprocessing, so changing any of them starts a new cache. Shards are written atomically and
-every few hundred images, so an interrupted run keeps what it computed.
+every few hundred images, so an interrupted run keeps what it computed. Several processes may
+fill one cache at once (DDP ranks, two jobs): each writes its own uniquely named shards, and a
+key found in two shards has the same tokens in both.
+
+Each shard's metadata also holds the SHA-256 of its tokens. A shard that cannot be opened or
+whose tokens do not match their checksum (a disk error, a copy cut short, a stray write) is
+reported with a warning naming the file, moved aside as ``*.corrupt`` and its images are
+computed again: it is never read as data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..inputs import load_image
 
@@ -44,26 +53,56 @@ class FeatureCache:
         self.computed = 0  # images run through the X-encoder by this object (for reports, tests)
         self.seconds = 0.0  # wall time spent computing them
 
-    def index(self) -> dict[str, tuple[Path, int]]:
-        """Every cached key -> (its shard file, its row in the shard)."""
+    def index(self, verify: bool = False) -> dict[str, tuple[Path, int]]:
+        """Every cached key -> (its shard file, its row in the shard).
+
+        A shard that cannot be opened (or, with ``verify``, whose tokens do not match their
+        checksum) is quarantined (see the module docstring) and its keys are absent."""
         index = {}
         for shard in sorted(self.dir.glob("shard-*.safetensors")):
-            with safe_open(str(shard), "pt") as f:
-                keys = json.loads(f.metadata()["keys"])
+            try:
+                with safe_open(str(shard), "pt") as f:
+                    meta = f.metadata()
+                    keys = json.loads(meta["keys"])
+                    if verify and "sha256" in meta and \
+                            _digest(f.get_tensor("tokens")) != meta["sha256"]:
+                        raise ValueError("its tokens do not match their checksum")
+                    if f.get_slice("tokens").get_shape()[0] != len(keys):
+                        raise ValueError("its row count differs from its key count")
+            except Exception as e:  # safetensors raises its own error types for bad files
+                self.quarantine(shard, e)
+                continue
             index.update({k: (shard, i) for i, k in enumerate(keys)})
         return index
 
+    def quarantine(self, shard: Path, reason: Exception | str) -> None:
+        """Report a corrupt shard (a warning naming it) and rename it to ``<name>.corrupt``, out
+        of the index, so its images are computed again."""
+        warnings.warn(f"feature cache shard {shard} is corrupt ({reason}); moved aside to "
+                      f"{shard.name}.corrupt, its images will be computed again", stacklevel=3)
+        try:
+            os.replace(shard, shard.with_name(shard.name + ".corrupt"))
+        except FileNotFoundError:  # another process quarantined it first
+            pass
+
     def missing(self, keys: Sequence[str]) -> list[str]:
-        index = self.index()
+        """The distinct keys not cached, checking every shard's checksum on the way."""
+        index = self.index(verify=True)
         return [k for k in dict.fromkeys(keys) if k not in index]
 
     def write_shard(self, keys: list[str], tokens: torch.Tensor) -> None:
-        """Store visual tokens (n, N, Dx) of n keys as one new shard (float16), atomically."""
+        """Store visual tokens (n, N, Dx) of n keys as one new shard (float16, with its
+        checksum), atomically: a temporary file in the cache directory, renamed when complete."""
         path = self.dir / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = path.with_name("." + path.name + ".tmp")
-        save_file({"tokens": tokens.to(torch.float16).contiguous()}, str(tmp),
-                  metadata={"keys": json.dumps(keys)})
-        os.replace(tmp, path)
+        tokens = tokens.to(torch.float16).contiguous()
+        try:
+            save_file({"tokens": tokens}, str(tmp),
+                      metadata={"keys": json.dumps(keys), "sha256": _digest(tokens)})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def compute(self, images: dict[str, Any], encode: Callable[[torch.Tensor], torch.Tensor],
                 transform: Callable, batch_size: int = 64, shard_size: int = 512,
@@ -111,11 +150,26 @@ class FeatureCache:
             by_shard.setdefault(index[k][0], []).append(pos)
         out = None
         for shard, positions in by_shard.items():
-            tokens = load_file(str(shard))["tokens"]
+            try:
+                with safe_open(str(shard), "pt") as f:
+                    expected = f.metadata().get("sha256")
+                    tokens = f.get_tensor("tokens")
+                corrupt = expected is not None and _digest(tokens) != expected
+            except Exception as e:  # deleted or damaged since the index was read
+                corrupt = e
+            if corrupt is not False:
+                self.quarantine(shard, "checksum mismatch" if corrupt is True else corrupt)
+                raise RuntimeError(f"feature cache shard {shard} is corrupt and was moved aside; "
+                                   "run again to compute its images anew")
             if out is None:
                 out = torch.empty(len(keys), *tokens.shape[1:], dtype=torch.float16)
             out[positions] = tokens[[index[keys[p]][1] for p in positions]]
         return out
+
+
+def _digest(tokens: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes, hex."""
+    return hashlib.sha256(tokens.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def to_pixels(item: Any, transform: Callable) -> torch.Tensor:

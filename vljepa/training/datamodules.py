@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..data.cache import FeatureCache, default_cache_dir
 from ..data.captions import CAPTION_SOURCES
@@ -91,8 +92,12 @@ class FeatureDataModule(L.LightningDataModule):
     def _loader(self, data: Dataset | None, batch_size: int, shuffle: bool):
         if data is None:  # e.g. no validation split
             return []
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=as_batch,
-                          num_workers=self.num_workers, drop_last=False)
+        # torchdata's StatefulDataLoader: Lightning's fit loop saves its position (and its
+        # shuffle generator) in every checkpoint and restores it on resume, so a run resumed
+        # from a mid-epoch checkpoint sees the remaining batches in the same order
+        return StatefulDataLoader(data, batch_size=batch_size, shuffle=shuffle,
+                                  collate_fn=as_batch, num_workers=self.num_workers,
+                                  drop_last=False)
 
     def train_dataloader(self):
         return self._loader(self.train_set, self.batch_size, shuffle=True)

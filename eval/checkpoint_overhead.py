@@ -1,0 +1,92 @@
+"""What step checkpoints cost: checkpoint write time against optimizer step time, at the
+default recipe (``python train.py``: easy-VQA over cached EfficientNet-Lite0 features, the
+lite predictor, batch 128).
+
+    python eval/checkpoint_overhead.py                    # ~2 min with a warm feature cache
+    python eval/checkpoint_overhead.py experiment=tiny    # any train.py overrides
+
+Trains ``--steps`` optimizer steps without checkpoints, timing each step (from batch start to
+batch end, the first 5 dropped), then writes the checkpoint of that state ``--saves`` times
+through the same path ModelCheckpoint uses (``trainer.save_checkpoint``) with vljepa's
+AtomicCheckpointIO and, for comparison, Lightning's default TorchCheckpointIO. Overhead per
+step at interval N = median write time / (N x median step time).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning as L  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
+
+from vljepa.training.checkpointing import AtomicCheckpointIO  # noqa: E402
+from vljepa.training.configs import register_configs  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--saves", type=int, default=10)
+    ap.add_argument("--intervals", type=int, nargs="*", default=[1, 10, 100])
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    register_configs()
+    out = Path(tempfile.mkdtemp(prefix="vljepa-ckpt-overhead-"))
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={out}", "run_name=overhead",
+                                          *args.overrides])
+    L.seed_everything(cfg.seed)
+    model = instantiate(cfg.model, _convert_="all")
+    module = instantiate(cfg.module, model=model)
+    data = instantiate(cfg.data, model=model)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=data)
+    step = statistics.median(timer.times[5:])
+    results = {}
+    for name, io in (("AtomicCheckpointIO (temp beside + fsync + rename)", AtomicCheckpointIO()),
+                     ("Lightning TorchCheckpointIO (fsspec, /tmp + move)", TorchCheckpointIO())):
+        trainer.strategy.checkpoint_io = io
+        times = []
+        for i in range(args.saves):
+            t = time.perf_counter()
+            trainer.save_checkpoint(out / "last.ckpt")
+            times.append(time.perf_counter() - t)
+        results[name] = statistics.median(times)
+    size = (out / "last.ckpt").stat().st_size
+    print(f"recipe: {' '.join(args.overrides) or 'default (python train.py)'}; batch "
+          f"{cfg.data.batch_size}; checkpoint {size / 2**20:.2f} MiB; "
+          f"median optimizer step {step * 1000:.1f} ms over {len(timer.times) - 5} steps")
+    print("| checkpoint writer | write (ms) | " + " | ".join(
+        f"overhead every {n} steps" for n in args.intervals) + " |")
+    print("|---|---|" + "---|" * len(args.intervals))
+    for name, w in results.items():
+        print(f"| {name} | {w * 1000:.1f} | " + " | ".join(
+            f"{100 * w / (n * step):.2f}%" for n in args.intervals) + " |")
+
+
+if __name__ == "__main__":
+    main()
