@@ -33,7 +33,6 @@ EPS = 1e-5  # as vljepa.modules.bitlinear.EPS: floor of the activation scale
 BLOCK = 128  # inputs per kernel block; K is padded to a multiple of it on the activation side
 _SRC = Path(__file__).resolve().parent / "csrc" / "ternary_gemm.cpp"
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
-_EMPTY = torch.empty(0)
 _state: dict = {"ext": None, "tried": False, "why": None, "warned": False, "off": 0}
 
 
@@ -156,21 +155,20 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, shape: tuple[int, int]
     Raises:
         ValueError: ``packed`` has the wrong dtype or length for ``shape``, or ``x``'s last
             dimension is not in_features.
-    Uses the compiled AVX2 kernel when available (see the module docstring), else
-    :func:`reference_linear` after one RuntimeWarning saying why.
+    Uses the compiled AVX2 kernel when available (see the module docstring) and no gradient is
+    wanted, else :func:`reference_linear` (after one RuntimeWarning saying why, if the kernel
+    is unavailable).
     """
     check_packed(packed, shape)
     n, k = shape
     if x.shape[-1] != k:
         raise ValueError(f"input has {x.shape[-1]} features; the packed weight takes {k}")
-    if not use_kernel(x):
-        return reference_linear(x, packed, shape, scale, bias)
+    if (torch.is_grad_enabled() and x.requires_grad) or not use_kernel(x):
+        return reference_linear(x, packed, shape, scale, bias)  # autograd needs the reference
     return _kernel_linear(x, packed, n, k, scale, bias)
 
 
 def _kernel_linear(x, packed, n, k, scale, bias):
-    """The compiled path, unchecked: callers have validated the packing (see ternary_linear)."""
-    b = bias.detach().contiguous() if bias is not None else _EMPTY
-    y = _state["ext"].ternary_linear(x.detach().reshape(-1, k).contiguous(), packed, n, k,
-                                     scale.detach(), b)
-    return y.view(*x.shape[:-1], n)
+    """The compiled path, unchecked: callers have validated the packing (see ternary_linear).
+    Computes no gradient: callers take it only where none is needed."""
+    return _state["ext"].ternary_linear(x, packed, n, k, scale, bias)

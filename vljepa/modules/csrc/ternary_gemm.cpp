@@ -35,29 +35,31 @@ inline int32_t hsum(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// out[r * MR + m] = sum over the row's blocks of codes(w[r]) . x[m] (no -sum(x) correction).
-// w[r]: the row's full blocks; tail[r]: its last, zero-padded block (when has_tail).
+// out[m * NR + r] = sum over the row's blocks of codes(w[r]) . x[m] (no -sum(x) correction).
+// w[r]: the row's full blocks; tail[r]: its last, zero-padded block (tail_bytes of it used: a whole block if > 16, else its first half).
 template <int NR, int MR>
 inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nfull,
-                 bool has_tail, const int8_t* x, int64_t xstride, int32_t* out) {
+                 int64_t tail_bytes, const int8_t* x, int64_t xstride, int32_t* out) {
   const __m256i m3 = _mm256_set1_epi8(3);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc16[NR][MR];
   __m256i acc32[NR][MR];
   for (int r = 0; r < NR; ++r)
     for (int m = 0; m < MR; ++m) acc16[r][m] = acc32[r][m] = _mm256_setzero_si256();
-  const int64_t nblocks = nfull + (has_tail ? 1 : 0);
-  int pending = 0;
-  for (int64_t b = 0; b < nblocks; ++b) {
-    __m256i p[NR];
+  auto flush = [&]() {
     for (int r = 0; r < NR; ++r)
-      p[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-          b < nfull ? w[r] + b * kBlockBytes : tail[r]));
+      for (int m = 0; m < MR; ++m) {
+        acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
+        acc16[r][m] = _mm256_setzero_si256();
+      }
+  };
+  auto block = [&](const uint8_t* const* wp, int64_t b) {
+    __m256i p[NR];
+    for (int r = 0; r < NR; ++r) p[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[r]));
     const int8_t* xb = x + b * kBlock;
     for (int s = 0; s < 4; ++s) {
       __m256i c[NR];
-      for (int r = 0; r < NR; ++r)
-        c[r] = _mm256_and_si256(_mm256_srli_epi16(p[r], 2 * s), m3);
+      for (int r = 0; r < NR; ++r) c[r] = _mm256_and_si256(_mm256_srli_epi16(p[r], 2 * s), m3);
       for (int m = 0; m < MR; ++m) {
         const __m256i xv = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(xb + m * xstride + s * 32));
@@ -65,27 +67,60 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
           acc16[r][m] = _mm256_add_epi16(acc16[r][m], _mm256_maddubs_epi16(c[r], xv));
       }
     }
-    if (++pending == kFlush || b + 1 == nblocks) {
-      for (int r = 0; r < NR; ++r)
-        for (int m = 0; m < MR; ++m) {
-          acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
-          acc16[r][m] = _mm256_setzero_si256();
-        }
+  };
+  const uint8_t* wp[NR];
+  int pending = 0;
+  for (int64_t b = 0; b < nfull; ++b) {
+    for (int r = 0; r < NR; ++r) wp[r] = w[r] + b * kBlockBytes;
+    block(wp, b);
+    if (++pending == kFlush) {
+      flush();
       pending = 0;
     }
   }
-  for (int r = 0; r < NR; ++r)
-    for (int m = 0; m < MR; ++m) out[r * MR + m] = hsum(acc32[r][m]);
+  if (tail_bytes > 16) {
+    block(tail, nfull);
+  } else if (tail_bytes > 0) {  // half a block (64 inputs or fewer): 128-bit lanes only
+    const __m128i m3h = _mm_set1_epi8(3);
+    __m128i p[NR];
+    for (int r = 0; r < NR; ++r) p[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tail[r]));
+    const int8_t* xb = x + nfull * kBlock;
+    for (int s = 0; s < 4; ++s) {
+      __m128i c[NR];
+      for (int r = 0; r < NR; ++r) c[r] = _mm_and_si128(_mm_srli_epi16(p[r], 2 * s), m3h);
+      for (int m = 0; m < MR; ++m) {
+        const __m128i xv = _mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(xb + m * xstride + s * 32));
+        for (int r = 0; r < NR; ++r)
+          acc16[r][m] = _mm256_add_epi16(
+              acc16[r][m], _mm256_zextsi128_si256(_mm_maddubs_epi16(c[r], xv)));
+      }
+    }
+  }
+  flush();
+  // horizontal sums in m-major order (out[m * NR + r]: a row of outputs is contiguous in n),
+  // four accumulators at a time
+  const __m256i* a[NR * MR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) a[m * NR + r] = &acc32[r][m];
+  int i = 0;
+  for (; i + 4 <= NR * MR; i += 4) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(*a[i], *a[i + 1]),
+                                        _mm256_hadd_epi32(*a[i + 2], *a[i + 3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  }
+  for (; i < NR * MR; ++i) out[i] = hsum(*a[i]);
 }
 
 template <int NR>
 inline void tile_m(int mr, const uint8_t* const* w, const uint8_t* const* tail, int64_t nfull,
-                   bool has_tail, const int8_t* x, int64_t xstride, int32_t* out) {
+                   int64_t tail_bytes, const int8_t* x, int64_t xstride, int32_t* out) {
   switch (mr) {
-    case 1: tile<NR, 1>(w, tail, nfull, has_tail, x, xstride, out); break;
-    case 2: tile<NR, 2>(w, tail, nfull, has_tail, x, xstride, out); break;
-    case 3: tile<NR, 3>(w, tail, nfull, has_tail, x, xstride, out); break;
-    default: tile<NR, 4>(w, tail, nfull, has_tail, x, xstride, out); break;
+    case 1: tile<NR, 1>(w, tail, nfull, tail_bytes, x, xstride, out); break;
+    case 2: tile<NR, 2>(w, tail, nfull, tail_bytes, x, xstride, out); break;
+    case 3: tile<NR, 3>(w, tail, nfull, tail_bytes, x, xstride, out); break;
+    default: tile<NR, 4>(w, tail, nfull, tail_bytes, x, xstride, out); break;
   }
 }
 
@@ -121,9 +156,9 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
   const float* XF = xscale.data_ptr<float>();
   const uint8_t* P = packed.data_ptr<uint8_t>();
   const float ws = wscale.item<float>();
-  TORCH_CHECK(!bias.numel() || (bias.dtype() == torch::kFloat32 && bias.numel() == N &&
+  TORCH_CHECK(!bias.defined() || (bias.dtype() == torch::kFloat32 && bias.numel() == N &&
               bias.is_contiguous()), "bias");
-  const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const float* B = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* O = out.data_ptr<float>();
   const int64_t nchunks = (N + kChunk - 1) / kChunk;
 
@@ -155,26 +190,40 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
         const int mr = static_cast<int>(std::min<int64_t>(4, M - m0));
         const int8_t* xm = X + m0 * Kp;
         int64_t i = 0;
-        auto emit = [&](int nr) {
-          for (int r = 0; r < nr; ++r)
-            for (int m = 0; m < mr; ++m) {
-              const int64_t mm = m0 + m, n = n0 + i + r;
-              float y = static_cast<float>(acc[r * mr + m] - XS[mm]) * (XF[mm] * ws);
-              O[mm * N + n] = B ? y + B[n] : y;
+        auto emit = [&](int nr) {  // y = (dot - sum x) * xscale * wscale + bias
+          const int64_t n = n0 + i;
+          for (int m = 0; m < mr; ++m) {
+            const int64_t mm = m0 + m;
+            const int32_t* a = acc + m * nr;
+            float* o = O + mm * N + n;
+            if (nr == 4) {
+              __m128 y = _mm_mul_ps(
+                  _mm_cvtepi32_ps(_mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)),
+                                                _mm_set1_epi32(XS[mm]))),
+                  _mm_set1_ps(XF[mm] * ws));
+              if (B) y = _mm_add_ps(y, _mm_loadu_ps(B + n));
+              _mm_storeu_ps(o, y);
+            } else {
+              const float f = XF[mm] * ws;
+              for (int r = 0; r < nr; ++r) {
+                const float y = static_cast<float>(a[r] - XS[mm]) * f;
+                o[r] = B ? y + B[n + r] : y;
+              }
             }
+          }
         };
         if (mr <= 2) {
           for (; i + 4 <= nc; i += 4) {
-            tile_m<4>(mr, &wrow[i], &trow[i], nfull, has_tail, xm, Kp, acc);
+            tile_m<4>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
             emit(4);
           }
         }
         for (; i + 2 <= nc; i += 2) {
-          tile_m<2>(mr, &wrow[i], &trow[i], nfull, has_tail, xm, Kp, acc);
+          tile_m<2>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
           emit(2);
         }
         for (; i < nc; ++i) {
-          tile_m<1>(mr, &wrow[i], &trow[i], nfull, has_tail, xm, Kp, acc);
+          tile_m<1>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
           emit(1);
         }
       }
@@ -198,24 +247,54 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
   int8_t* Q = xq.data_ptr<int8_t>();
   int32_t* S = xsum.data_ptr<int32_t>();
   float* F = xscale.data_ptr<float>();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 lo = _mm256_set1_ps(-128.f), hi = _mm256_set1_ps(127.f);
+  const __m256i to_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  // within each 128-bit lane: 4 dwords (groups j) x 4 bytes (t) -> t-major
+  const __m256i transpose = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const float* xr = X + m * K;
+      __m256 vmax = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+      float buf[8];
+      _mm256_storeu_ps(buf, vmax);
       float amax = 0.f;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      for (int i = 0; i < 8; ++i) amax = std::max(amax, buf[i]);
+      for (; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
       // torch evaluates `127.0 / t` as t.reciprocal() * 127: the same two roundings here
       const float s = (1.0f / std::max(amax, 1e-5f)) * 127.0f;
-      int32_t sum = 0;
+      const __m256 vs = _mm256_set1_ps(s);
       int8_t* qr = Q + m * Kp;
-      for (int64_t b = 0; b * kBlock < K; ++b) {
-        const int64_t kb = b * kBlock, n = std::min<int64_t>(kBlock, K - kb);
-        for (int64_t i = 0; i < n; ++i) {  // i = 4j + t -> slot 32t + j
-          float v = std::nearbyint(xr[kb + i] * s);  // rounding mode: half to even, as torch
-          v = std::min(127.f, std::max(-128.f, v));
-          const int8_t q = static_cast<int8_t>(v);
-          sum += q;
-          qr[kb + ((i & 3) << 5) + (i >> 2)] = q;
-        }
+      __m256i vsum = _mm256_setzero_si256();
+      auto quant8 = [&](const float* p) {
+        __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vs),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // half even
+        return _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+      };
+      for (k = 0; k + 32 <= K; k += 32) {  // 32 inputs = groups j of 4 (t = 0..3)
+        const __m256i a = quant8(xr + k), b = quant8(xr + k + 8), c = quant8(xr + k + 16),
+                      d = quant8(xr + k + 24);
+        vsum = _mm256_add_epi32(vsum, _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)));
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        q = _mm256_permutevar8x32_epi32(q, to_order);       // groups j0..j7 in order
+        q = _mm256_shuffle_epi8(q, transpose);              // lane: [t0: j][t1: j][t2][t3]
+        q = _mm256_permutevar8x32_epi32(q, to_order);       // 4 qwords: t0 j0..7, t1, t2, t3
+        int8_t* dst = qr + (k / kBlock) * kBlock + (k % kBlock) / 4;
+        alignas(32) int64_t w[4];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(w), q);
+        for (int t = 0; t < 4; ++t) std::memcpy(dst + 32 * t, &w[t], 8);
+      }
+      int32_t sum = hsum(vsum);
+      for (; k < K; ++k) {  // the last K % 32 inputs
+        float v = std::nearbyint(xr[k] * s);  // rounding mode: half to even, as torch
+        v = std::min(127.f, std::max(-128.f, v));
+        const int8_t q = static_cast<int8_t>(v);
+        sum += q;
+        const int64_t i = k % kBlock;  // i = 4j + t -> slot 32t + j
+        qr[k - i + ((i & 3) << 5) + (i >> 2)] = q;
       }
       S[m] = sum;
       F[m] = 1.0f / s;
@@ -224,12 +303,15 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
   return {xq, xsum, xscale};
 }
 
-// The whole layer: x (M, K) fp32 -> (M, N) fp32.
+// The whole layer: x (..., K) fp32 -> (..., N) fp32; bias (N,) fp32 or None.
 torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, int64_t N, int64_t K,
-                             torch::Tensor wscale, torch::Tensor bias) {
-  TORCH_CHECK(x.size(1) == K, "x width");
-  auto q = quantize_rows(x);
-  return ternary_gemm(q[0], q[1], q[2], packed, N, K, wscale, bias);
+                             torch::Tensor wscale, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.size(-1) == K, "x width");
+  auto sizes = x.sizes().vec();
+  sizes.back() = N;
+  auto q = quantize_rows(x.reshape({-1, K}).contiguous());
+  auto b = bias.has_value() ? bias->contiguous() : torch::Tensor();
+  return ternary_gemm(q[0], q[1], q[2], packed, N, K, wscale, b).view(sizes);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
