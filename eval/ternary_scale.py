@@ -27,8 +27,10 @@ whole fp32 copy for the low-bit ones) and reports:
   the process's peak RSS (MiB), and its RSS after importing torch (the runtime).
 Roofline, measured in the same run in its own process: DRAM bandwidth (the better of a
 STREAM-like copy, counting read + write bytes, and a read-only reduction, over 512 MiB) and
-peak multiply-add rates (a large fp32 matmul; a large bf16 matmul; the best int8 kernel here:
-the larger of fbgemm's int8 Linear and the ternary kernel on a large batch). A row's roofline
+peak multiply-add rates, each the best over three matmul shapes (an fp32 matmul; a bf16 one;
+the best int8 kernel here: the larger of fbgemm's int8 Linear and the ternary kernel).
+Times are CPU seconds of the process with one thread (the default: other people's jobs share
+this machine's cores, and CPU time leaves out the time they take), wall clock with more. A row's roofline
 is max(weight bytes / bandwidth, multiply-adds / its precision's peak rate) -- int8 and ternary
 rows use the int8 peak -- and "x roof" is latency / roofline (1.0 = at the limit).
 """
@@ -64,20 +66,44 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def clock():
+    """CPU seconds of this process on one thread (time lost to other processes sharing the
+    cores is not counted: on a loaded machine wall time measures the scheduler), wall seconds
+    on more."""
+    return time.process_time() if THREADS[0] == 1 else time.perf_counter()
+
+
+THREADS = [1]
+
+
 def timed_ms(fn, budget_s: float = 2.0, max_iters: int = 20) -> float:
     """Median ms of calls of ``fn`` after a warm-up; a call longer than 3 s is timed once (the
     warm-up call itself), so the paper shape's largest passes stay affordable."""
-    t = time.perf_counter()
+    t = clock()
     fn()
-    first = time.perf_counter() - t
+    first = clock() - t
     if first > 3.0:
         return 1000 * first
     times = []
     while len(times) < max_iters and (len(times) < 3 or sum(times) < budget_s):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return 1000 * statistics.median(times)
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: VmHWM := VmRSS)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_window_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # ---------------------------------------------------------------- models (worker side) ----
@@ -208,9 +234,12 @@ def macs(size: dict, batch: int, tokens: int) -> float:
 
 
 def worker(size_name: str, precision: str, threads: int) -> dict:
+    import gc
+
     import torch
 
     torch.set_num_threads(threads)
+    THREADS[0] = threads
     out = {"rss_runtime_mib": rss_mib()}
     if precision == "ternary":
         from vljepa.modules import ternary_kernel
@@ -224,6 +253,9 @@ def worker(size_name: str, precision: str, threads: int) -> dict:
     model, dtype = build(**size, precision=precision)
     out["build_s"] = time.perf_counter() - t
     out["weight_bytes"] = weight_bytes(model)
+    gc.collect()
+    out["rss_built_mib"] = rss_mib()
+    reset_peak_rss()
     with torch.inference_mode():
         for b in BATCHES:
             for T in TOKENS:
@@ -232,6 +264,7 @@ def worker(size_name: str, precision: str, threads: int) -> dict:
                 x = torch.randn(b, T, size["width"]).to(dtype)
                 out[f"b{b}_t{T}_ms"] = timed_ms(lambda: model(x))
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_serving_mib"] = peak_rss_window_mib()
     return out
 
 
@@ -243,37 +276,40 @@ def roofline(threads: int) -> dict:
     from vljepa.modules.bitlinear import pack_ternary
 
     torch.set_num_threads(threads)
+    THREADS[0] = threads
 
-    def best(fn, n=3):
+    def best(fn, n=5):
         fn()
         return min(timed_once(fn) for _ in range(n))
 
     def timed_once(fn):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        return time.perf_counter() - t
+        return clock() - t
 
     src = torch.ones(2**27)  # 512 MiB
     dst = torch.empty_like(src)
     copy_bw = 2 * src.nbytes / best(lambda: dst.copy_(src))
     read_bw = src.nbytes / best(lambda: src.sum())
     del src, dst
-    M, K, N = 1024, 4096, 4096
-    a, w = torch.randn(M, K), torch.randn(N, K)
-    fp32 = M * K * N / best(lambda: a @ w.T)
-    ab, wb = a.bfloat16(), w.bfloat16()
-    bf16 = 256 * K * N / best(lambda: ab[:256] @ wb.T, 1)
-    lin = torch.nn.Linear(K, N, bias=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear},
-                                                   dtype=torch.qint8)
-    with torch.inference_mode():
-        int8_fbgemm = M * K * N / best(lambda: q(a))
-        codes = torch.randint(-1, 2, (N, K), dtype=torch.int8)
-        packed, scale = pack_ternary(codes), torch.tensor(0.5)
-        tern = (M * K * N / best(lambda: ternary_kernel.ternary_linear(a, packed, (N, K), scale))
-                if ternary_kernel.kernel() is not None else 0.0)
+    shapes = [(1024, 4096, 4096), (256, 2048, 8192), (65, 8192, 2048)]  # M, K, N
+    fp32 = bf16 = int8_fbgemm = tern = 0.0
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's eager API is deprecated, still fbgemm
+        for M, K, N in shapes:
+            a, w = torch.randn(M, K), torch.randn(N, K)
+            fp32 = max(fp32, M * K * N / best(lambda: a @ w.T))
+            ab, wb = a[:65].bfloat16(), w.bfloat16()
+            bf16 = max(bf16, 65 * K * N / best(lambda: ab @ wb.T, 1))
+            q = torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(torch.nn.Linear(K, N, bias=False)), {torch.nn.Linear},
+                dtype=torch.qint8)
+            int8_fbgemm = max(int8_fbgemm, M * K * N / best(lambda: q(a)))
+            if ternary_kernel.kernel() is not None:
+                packed = pack_ternary(torch.randint(-1, 2, (N, K), dtype=torch.int8))
+                scale = torch.tensor(0.5)
+                tern = max(tern, M * K * N / best(
+                    lambda: ternary_kernel.ternary_linear(a, packed, (N, K), scale)))
     return {"copy_bw": copy_bw, "read_bw": read_bw, "bw": max(copy_bw, read_bw),
             "fp32": fp32, "bf16": bf16, "int8_fbgemm": int8_fbgemm, "int8_ternary": tern,
             "int8": max(int8_fbgemm, tern), "threads": threads}
@@ -298,9 +334,11 @@ def table(roof: dict, rows: dict) -> str:
         f"fp32 {roof['fp32'] / 1e9:.1f}, bf16 {roof['bf16'] / 1e9:.1f}, int8 "
         f"{roof['int8'] / 1e9:.1f} G/s (fbgemm int8 {roof['int8_fbgemm'] / 1e9:.1f}, ternary "
         f"kernel {roof['int8_ternary'] / 1e9:.1f})", "",
-        "latency ms (x roofline) per pass; b = batch, t = tokens", "",
-        "| size | precision | weights MiB | peak RSS MiB | b1 t1 | b1 t65 | b32 t1 | b32 t65 |",
-        "|---|---|---|---|---|---|---|---|"]
+        f"latency ms ({'CPU time, 1 thread' if roof['threads'] == 1 else 'wall clock'}; x "
+        "roofline) per pass, median; b = batch, t = tokens. Peak RSS: the whole process, and "
+        "(serving) from after the build to the end of the passes", "",
+        "| size | precision | weights MiB | peak RSS MiB (serving) | b1 t1 | b1 t65 | b32 t1 | "
+        "b32 t65 |", "|---|---|---|---|---|---|---|---|"]
     for (size, prec), r in rows.items():
         cells = []
         for b in BATCHES:
@@ -312,7 +350,7 @@ def table(roof: dict, rows: dict) -> str:
                 roof_s = max(r["weight_bytes"] / roof["bw"], macs(SIZES[size], b, T) / peak[prec])
                 cells.append(f"{ms:.2f} ({ms / 1e3 / roof_s:.1f}x)")
         lines.append(f"| {size} | {prec} | {r['weight_bytes'] / 2**20:.1f} | "
-                     f"{r['peak_rss_mib']:.0f} | " + " | ".join(cells) + " |")
+                     f"{r['peak_rss_mib']:.0f} ({r['peak_rss_serving_mib']:.0f}) | " + " | ".join(cells) + " |")
     runtime = statistics.median(r["rss_runtime_mib"] for r in rows.values())
     lines += ["", f"RSS of a process after importing torch (the runtime): {runtime:.0f} MiB"]
     notes = {r["note"] for r in rows.values() if "note" in r}

@@ -236,13 +236,11 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
 // vljepa.modules.bitlinear.quantize_activations does (s = 127 / max(max|x|, 1e-5) in float32,
 // computed as torch does it, (1 / max(max|x|, 1e-5)) * 127,
 // q = clamp(round_half_even(x * s), -128, 127)), permuted per 128-block, zero past K.
-std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
+// Into xq (M, Kp) int8 (any contents), xsum (M,) int32, xscale (M,) fp32.
+void quantize_into(torch::Tensor x, torch::Tensor xq, torch::Tensor xsum, torch::Tensor xscale) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x");
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t Kp = (K + kBlock - 1) / kBlock * kBlock;
-  auto xq = torch::zeros({M, Kp}, torch::kInt8);
-  auto xsum = torch::empty({M}, torch::kInt32);
-  auto xscale = torch::empty({M}, torch::kFloat32);
   const float* X = x.data_ptr<float>();
   int8_t* Q = xq.data_ptr<int8_t>();
   int32_t* S = xsum.data_ptr<int32_t>();
@@ -268,6 +266,7 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
       const float s = (1.0f / std::max(amax, 1e-5f)) * 127.0f;
       const __m256 vs = _mm256_set1_ps(s);
       int8_t* qr = Q + m * Kp;
+      if (Kp != K) std::memset(qr + Kp - kBlock, 0, kBlock);  // zero past K
       __m256i vsum = _mm256_setzero_si256();
       auto quant8 = [&](const float* p) {
         __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vs),
@@ -300,6 +299,15 @@ std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
       F[m] = 1.0f / s;
     }
   });
+}
+
+std::vector<torch::Tensor> quantize_rows(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2, "x");
+  const int64_t M = x.size(0), Kp = (x.size(1) + kBlock - 1) / kBlock * kBlock;
+  auto xq = torch::empty({M, Kp}, torch::kInt8);
+  auto xsum = torch::empty({M}, torch::kInt32);
+  auto xscale = torch::empty({M}, torch::kFloat32);
+  quantize_into(x, xq, xsum, xscale);
   return {xq, xsum, xscale};
 }
 
@@ -309,9 +317,21 @@ torch::Tensor ternary_linear(torch::Tensor x, torch::Tensor packed, int64_t N, i
   TORCH_CHECK(x.size(-1) == K, "x width");
   auto sizes = x.sizes().vec();
   sizes.back() = N;
-  auto q = quantize_rows(x.reshape({-1, K}).contiguous());
+  auto x2 = x.reshape({-1, K}).contiguous();
+  const int64_t M = x2.size(0), Kp = (K + kBlock - 1) / kBlock * kBlock;
+  // The int8 activations live in a per-thread buffer kept between calls: a fresh allocation
+  // per layer would cost page faults that, at small sizes, rival the matmul itself.
+  thread_local torch::Tensor qbuf, sbuf, fbuf;
+  if (!qbuf.defined() || qbuf.numel() < M * Kp) qbuf = torch::empty({M * Kp}, torch::kInt8);
+  if (!sbuf.defined() || sbuf.numel() < M) {
+    sbuf = torch::empty({M}, torch::kInt32);
+    fbuf = torch::empty({M}, torch::kFloat32);
+  }
+  auto xq = qbuf.narrow(0, 0, M * Kp).view({M, Kp});
+  auto xs = sbuf.narrow(0, 0, M), xf = fbuf.narrow(0, 0, M);
+  quantize_into(x2, xq, xs, xf);
   auto b = bias.has_value() ? bias->contiguous() : torch::Tensor();
-  return ternary_gemm(q[0], q[1], q[2], packed, N, K, wscale, b).view(sizes);
+  return ternary_gemm(xq, xs, xf, packed, N, K, wscale, b).view(sizes);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
