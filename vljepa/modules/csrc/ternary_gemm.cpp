@@ -46,16 +46,17 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
   __m256i acc32[NR][MR];
   for (int r = 0; r < NR; ++r)
     for (int m = 0; m < MR; ++m) acc16[r][m] = acc32[r][m] = _mm256_setzero_si256();
-  auto flush = [&]() {
-    for (int r = 0; r < NR; ++r)
-      for (int m = 0; m < MR; ++m) {
-        acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
-        acc16[r][m] = _mm256_setzero_si256();
-      }
-  };
-  auto block = [&](const uint8_t* const* wp, int64_t b) {
+  // Plain loops, no lambdas or address-taking: the accumulators must stay in registers.
+  const int64_t nb = nfull + (tail_bytes > 16 ? 1 : 0);  // whole blocks (a long tail counts)
+  int pending = 0;
+  for (int64_t b = 0; b < nb; ++b) {
     __m256i p[NR];
-    for (int r = 0; r < NR; ++r) p[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[r]));
+    for (int r = 0; r < NR; ++r) {
+      p[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+          b < nfull ? w[r] + b * kBlockBytes : tail[r]));
+      // the packed matrix is read as one forward stream: ask for what comes 2 KiB later
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + b * kBlockBytes + 2048), _MM_HINT_T0);
+    }
     const int8_t* xb = x + b * kBlock;
     for (int s = 0; s < 4; ++s) {
       __m256i c[NR];
@@ -67,20 +68,16 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
           acc16[r][m] = _mm256_add_epi16(acc16[r][m], _mm256_maddubs_epi16(c[r], xv));
       }
     }
-  };
-  const uint8_t* wp[NR];
-  int pending = 0;
-  for (int64_t b = 0; b < nfull; ++b) {
-    for (int r = 0; r < NR; ++r) wp[r] = w[r] + b * kBlockBytes;
-    block(wp, b);
     if (++pending == kFlush) {
-      flush();
+      for (int r = 0; r < NR; ++r)
+        for (int m = 0; m < MR; ++m) {
+          acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
+          acc16[r][m] = _mm256_setzero_si256();
+        }
       pending = 0;
     }
   }
-  if (tail_bytes > 16) {
-    block(tail, nfull);
-  } else if (tail_bytes > 0) {  // half a block (64 inputs or fewer): 128-bit lanes only
+  if (tail_bytes > 0 && tail_bytes <= 16) {  // half a block (64 inputs or fewer): 128-bit lanes only
     const __m128i m3h = _mm_set1_epi8(3);
     __m128i p[NR];
     for (int r = 0; r < NR; ++r) p[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tail[r]));
@@ -97,20 +94,22 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
       }
     }
   }
-  flush();
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m)
+      acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
   // horizontal sums in m-major order (out[m * NR + r]: a row of outputs is contiguous in n),
   // four accumulators at a time
-  const __m256i* a[NR * MR];
+  __m256i a[NR * MR];
   for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < NR; ++r) a[m * NR + r] = &acc32[r][m];
+    for (int r = 0; r < NR; ++r) a[m * NR + r] = acc32[r][m];
   int i = 0;
   for (; i + 4 <= NR * MR; i += 4) {
-    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(*a[i], *a[i + 1]),
-                                        _mm256_hadd_epi32(*a[i + 2], *a[i + 3]));
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[i], a[i + 1]),
+                                        _mm256_hadd_epi32(a[i + 2], a[i + 3]));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
                      _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
   }
-  for (; i < NR * MR; ++i) out[i] = hsum(*a[i]);
+  for (; i < NR * MR; ++i) out[i] = hsum(a[i]);
 }
 
 template <int NR>
