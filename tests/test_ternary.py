@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 import vljepa
 from conftest import TINY_PREDICTOR
 from vljepa.modules import bitlinear as T
+from vljepa.modules import ternary_kernel as K
 from vljepa.quantize import quantize
 
 TERNARY = {**TINY_PREDICTOR, "quant": "ternary"}
@@ -79,7 +80,7 @@ def test_packed_layer_matches_the_latent_layer_bit_for_bit():
     torch.manual_seed(0)
     m = T.BitLinear(40, 24, norm=True).eval()
     x = torch.randn(2, 5, 40)
-    with torch.no_grad():
+    with torch.no_grad(), K.reference_path():  # the kernel: tests/test_ternary_kernel.py
         before = m(x)
         m.to_packed()
         after = m(x)
@@ -119,7 +120,7 @@ def test_ternary_checkpoint_saves_packed_and_loads_with_identical_outputs(ternar
 
     loaded = vljepa.load(tmp_path)
     assert all(b.packed for b in T.bit_linears(loaded).values())
-    with torch.no_grad():
+    with torch.no_grad(), K.reference_path():  # bit-exact through the unpacking path
         assert torch.equal(m(*_inputs(m)), loaded(*_inputs(loaded)))
     loaded.save_pretrained(tmp_path / "again")  # a packed model saves as it is
     again = load_file(str(tmp_path / "again" / "model.safetensors"))

@@ -75,4 +75,6 @@ def quantize(fp_model: VLJEPA) -> VLJEPA:
                          f"{fp_model.config.predictor.quant!r}")
     cfg = dataclasses.replace(fp_model.config, predictor=dataclasses.replace(
         fp_model.config.predictor, quant="ternary"))
-    return init_from_full_precision(VLJEPA(cfg), fp_model).to(fp_model.device)
+    model = init_from_full_precision(VLJEPA(cfg), fp_model).to(fp_model.device)
+    model.answers = fp_model.answers  # the saved answer vocabulary serves the ternary copy too
+    return model
