@@ -83,6 +83,9 @@ class PredictorConfig:
     text_layers: int | None = None
     text_train_layers: int | None = None  # kind=text: how many of those train, from the top
     text_lr_mult: float = 1.0  # kind=text: learning-rate multiplier of the pretrained layers
+    # kind=cached_text: how many of the text encoder's layers make the query states (None: all,
+    # its last hidden states; 0: its token + position embeddings only)
+    text_state_layers: int | None = None
 
     width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
     depth: int = 2

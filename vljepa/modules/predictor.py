@@ -170,7 +170,8 @@ def cached_text_predictor(cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: 
     """``kind="cached_text"``: the small :class:`Predictor` over a frozen text encoder's
     contextual query states (``cfg.text_model``, None: the Y-encoder's own), kept per question."""
     return Predictor(cfg, x_encoder, y_encoder, embed_dim,
-                     ContextualQuery(cfg.text_model, y_encoder, cfg.max_query_len))
+                     ContextualQuery(cfg.text_model, y_encoder, cfg.max_query_len,
+                                     cfg.text_state_layers))
 
 
 PREDICTORS = {"transformer": Predictor, "cached_text": cached_text_predictor,

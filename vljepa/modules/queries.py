@@ -222,12 +222,16 @@ class ContextualQuery(nn.Module):
             Y-encoder is frozen, copied once when it trains (the states must not drift).
         y_encoder: the model's :class:`YEncoder`.
         max_len: query tokens kept, special tokens included.
+        layers: how many of the encoder's layers make the states (None: all, its last hidden
+            states; 0: its token + position embeddings only).
     Raises:
         ValueError: no name and a Y-encoder that is not a sentence-transformers BERT-style
-            model; a text encoder that is not BERT-style. RuntimeError: it cannot be loaded.
+            model; a text encoder that is not BERT-style; ``layers`` out of range.
+            RuntimeError: it cannot be loaded.
     """
 
-    def __init__(self, name: str | None, y_encoder: YEncoder, max_len: int):
+    def __init__(self, name: str | None, y_encoder: YEncoder, max_len: int,
+                 layers: int | None = None):
         super().__init__()
         self.max_len = max_len
         if name is None:
@@ -246,7 +250,12 @@ class ContextualQuery(nn.Module):
             own = True
             self.fingerprint = weights_fingerprint(name, encoder)
         self.dim = encoder.config.hidden_size
-        self.states = QueryStates(encoder.embeddings, list(encoder.encoder.layer),
+        depth = len(encoder.encoder.layer)
+        k = depth if layers is None else layers
+        if not 0 <= k <= depth:
+            raise ValueError(f"predictor.text_state_layers must be in 0..{depth} for this text "
+                             f"encoder, got {k}")
+        self.states = QueryStates(encoder.embeddings, list(encoder.encoder.layer)[:k],
                                   self.tokenizer.pad_token_id, own=own)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
