@@ -33,6 +33,9 @@ def _worker(rank: int, port: int, queue) -> None:
         # what DDP does with the gradients: average them over the ranks
         queue.put((rank, loss.item(), (p.grad / WORLD).tolist(), (t.grad / WORLD).tolist()))  # plain data
     finally:
+        # both ranks finish their collectives before either tears gloo down: a rank that
+        # destroys its group while the other still talks can abort at exit (seen once in CI)
+        dist.barrier()
         dist.destroy_process_group()
 
 
