@@ -247,7 +247,7 @@ class VisualSlots(nn.Module):
     def __init__(self, visual_dim: int, width: int, slots: int):
         super().__init__()
         if slots < 1:
-            raise ValueError(f"predictor.visual_slots must be >= 0, got {slots}")
+            raise ValueError(f"VisualSlots needs at least 1 slot, got {slots}")
         self.norm = nn.LayerNorm(visual_dim)
         self.proj = nn.Linear(visual_dim, width)
         self.score = nn.Linear(width, slots)
