@@ -29,7 +29,8 @@ Roofline, measured in the same run in its own process: DRAM bandwidth (the bette
 STREAM-like copy, counting read + write bytes, and a read-only reduction, over 512 MiB) and
 peak multiply-add rates, each the best over three matmul shapes (an fp32 matmul; a bf16 one;
 the best int8 kernel here: the larger of fbgemm's int8 Linear and the ternary kernel).
-Times are CPU seconds of the process with one thread (the default: other people's jobs share
+Workers run with fixed glibc heap thresholds (MALLOC_TUNABLES below; ``--system-malloc``
+keeps the defaults). Times are CPU seconds of the process with one thread (the default: other people's jobs share
 this machine's cores, and CPU time leaves out the time they take), wall clock with more. A row's roofline
 is max(weight bytes / bandwidth, multiply-adds / its precision's peak rate) -- int8 and ternary
 rows use the int8 peak -- and "x roof" is latency / roofline (1.0 = at the limit).
@@ -317,9 +318,22 @@ def roofline(threads: int) -> dict:
 
 # ---------------------------------------------------------------- driver ----
 
+# glibc gives blocks of 128 KiB .. 32 MiB back to the kernel and faults them in again depending
+# on the order of earlier frees, so a pass over (32, 65, 768) activations costs 0 to 10,000
+# page faults (up to a third of the pass in system time) by luck of the heap layout. Every
+# worker, fp32 and low-bit alike, runs with fixed thresholds so that both pay nothing; the
+# default heap is kept with --system-malloc. (PyTorch's CPU tuning guide's advice is the same
+# in spirit: jemalloc or tcmalloc for inference.)
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456"
+SYSTEM_MALLOC = [False]
+
+
 def run_self(args: list[str]) -> dict:
+    env = dict(os.environ)
+    if not SYSTEM_MALLOC[0]:
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), MALLOC_TUNABLES]))
     res = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if res.returncode:
         raise RuntimeError(f"worker {args} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -334,6 +348,7 @@ def table(roof: dict, rows: dict) -> str:
         f"fp32 {roof['fp32'] / 1e9:.1f}, bf16 {roof['bf16'] / 1e9:.1f}, int8 "
         f"{roof['int8'] / 1e9:.1f} G/s (fbgemm int8 {roof['int8_fbgemm'] / 1e9:.1f}, ternary "
         f"kernel {roof['int8_ternary'] / 1e9:.1f})", "",
+        f"heap: {'glibc defaults' if SYSTEM_MALLOC[0] else 'GLIBC_TUNABLES=' + MALLOC_TUNABLES}",
         f"latency ms ({'CPU time, 1 thread' if roof['threads'] == 1 else 'wall clock'}; x "
         "roofline) per pass, median; b = batch, t = tokens. Peak RSS: the whole process, and "
         "(serving) from after the build to the end of the passes", "",
@@ -379,6 +394,8 @@ def main(argv=None) -> str:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     ap.add_argument("--out", help="also write the table to this file")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="run the workers with glibc's default heap thresholds (see MALLOC_TUNABLES)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--roofline", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -388,6 +405,7 @@ def main(argv=None) -> str:
     if args.roofline:
         print(json.dumps(roofline(args.threads)))
         return ""
+    SYSTEM_MALLOC[0] = args.system_malloc
     t0 = time.time()
     roof = run_self(["--roofline", "--threads", str(args.threads)])
     rows = {}

@@ -36,10 +36,10 @@ def _assert_within_rounding(fast, x, codes, scale, bias):
 
 # out/in not divisible by 4 (rows start mid-byte), by 32, by 128 (the kernel's block), and tiny
 SHAPES = [(1, 1), (5, 7), (33, 130), (64, 128), (100, 257), (17, 1000), (256, 192), (3, 384),
-          (130, 129)]
+          (130, 129), (96, 64), (40, 3000)]
 
 
-@pytest.mark.parametrize("batch", [1, 7, 65])
+@pytest.mark.parametrize("batch", [1, 7, 16, 65, 99])  # 16+: the unpacked-tile path
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_kernel_equals_the_reference_unpack_and_matmul(n, k, batch):
     _kernel_or_skip()
@@ -49,11 +49,25 @@ def test_kernel_equals_the_reference_unpack_and_matmul(n, k, batch):
     _assert_within_rounding(fast, x, codes, scale, bias)
 
 
-def test_kernel_quantises_activations_exactly_as_the_reference():
+def _permuted(q: torch.Tensor) -> torch.Tensor:
+    """The kernel's activation layout: per 128-input block, x[4j + t] at slot 32t + j; a last
+    block of at most 64 inputs in 16-byte slices (slot 16t + j); zero past K."""
+    m, k = q.shape
+    kp = -(-k // 128) * 128
+    q = torch.nn.functional.pad(q, (0, kp - k))
+    out = q.view(m, -1, 32, 4).transpose(2, 3).reshape(m, kp)
+    if 0 < k % 128 <= 64:
+        last = q[:, kp - 128:kp - 64].reshape(m, 16, 4).transpose(1, 2).reshape(m, 64)
+        out[:, kp - 128:] = torch.nn.functional.pad(last, (0, 64))
+    return out
+
+
+@pytest.mark.parametrize("k", [300, 192, 256, 200, 64, 33])
+def test_kernel_quantises_activations_exactly_as_the_reference(k):
     """Rounding ties (half to even), all-zero rows (the EPS floor), huge and tiny values: an int8
     value off by one would break the rounding bound by orders of magnitude."""
     _kernel_or_skip()
-    n, k = 9, 300
+    n = 9
     codes, packed, scale, bias = _layer(n, k, seed=3)
     x = torch.zeros(6, k)
     x[0, :8] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5])  # s = 1: ties
@@ -65,8 +79,7 @@ def test_kernel_quantises_activations_exactly_as_the_reference():
     x = torch.cat([x, torch.randn(200, k) * torch.logspace(-4, 4, 200).unsqueeze(1)])
     xq, xsum, inv = K.kernel().quantize_rows(x)  # the kernel's int8 activations, permuted
     q, s = K.quantize_int8(x)
-    q = torch.nn.functional.pad(q.to(torch.int8), (0, 384 - k))
-    assert torch.equal(xq, q.view(-1, 3, 32, 4).transpose(2, 3).reshape(-1, 384))
+    assert torch.equal(xq, _permuted(q.to(torch.int8)))
     assert torch.equal(xsum, q.sum(1, dtype=torch.int32))
     assert torch.equal(inv, 1 / s.view(-1))
     fast = K.ternary_linear(x, packed, (n, k), scale, bias)

@@ -6,12 +6,18 @@
 // caller permutes the (small) int8 activations once per call: within each block of 128 inputs,
 // x is reordered to [x[4j] for j < 32], [x[4j+1]], [x[4j+2]], [x[4j+3]], so that
 // (bytes >> 2s) & 3 over 32 bytes lines up with the s-th 32-byte slice of the permuted block.
+// A last block of 64 inputs or fewer (K % 128 in 1..64, e.g. K = 192) is packed tighter, in
+// 16-byte slices ([x[4j]], j < 16, then [x[4j+1]], ...), so no work is spent on its zero half.
 //
 // As bitnet.cpp's I2_S kernel: _mm256_maddubs_epi16(unsigned code c, signed int8 x) sums pairs
 // c*x into int16, then sum_k w*x = sum_k c*x - sum_k x (the caller passes sum_k x per row).
 // int16 partial sums stay below 2 * 2 * 128 * 4 * 8 = 16384 (flushed to int32 every 8 blocks).
 // Each unpacked 32-byte weight slice is used against up to 4 activation rows (register tile
 // NR weight rows x MR activation rows); threads split the output rows (at::parallel_for).
+// From kUnpackRows activation rows on (a batch of sequences), a chunk of 64 weight rows is
+// unpacked once to a byte per code in a per-thread scratch buffer (64 x K bytes, reused for
+// every activation row; the layer itself stays packed) and the tiles read those bytes: at
+// K = 192 this doubles the rate, as the shift-and-mask no longer repeats per row group.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -27,6 +33,8 @@ constexpr int kBlock = 128;       // inputs per block
 constexpr int kBlockBytes = 32;   // packed bytes per block
 constexpr int kFlush = 8;         // blocks between int16 -> int32 flushes
 constexpr int64_t kChunk = 64;    // output rows per work item
+constexpr int64_t kMR = 3;  // activation rows per unpacked tile (4 weight rows x 3; 2 and 4 measured alike)
+constexpr int64_t kUnpackRows = 16;  // from this many activation rows, unpack codes per chunk
 
 inline int32_t hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -87,7 +95,7 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
       for (int r = 0; r < NR; ++r) c[r] = _mm_and_si128(_mm_srli_epi16(p[r], 2 * s), m3h);
       for (int m = 0; m < MR; ++m) {
         const __m128i xv = _mm_loadu_si128(
-            reinterpret_cast<const __m128i*>(xb + m * xstride + s * 32));
+            reinterpret_cast<const __m128i*>(xb + m * xstride + s * 16));
         for (int r = 0; r < NR; ++r)
           acc16[r][m] = _mm256_add_epi16(
               acc16[r][m], _mm256_zextsi128_si256(_mm_maddubs_epi16(c[r], xv)));
@@ -123,6 +131,62 @@ inline void tile_m(int mr, const uint8_t* const* w, const uint8_t* const* tail, 
   }
 }
 
+// Many activation rows: each chunk of weight rows is unpacked once to one code byte per weight
+// (in x's permuted order) and then read against every activation row, so the shift-and-mask
+// work is paid once per weight instead of once per (weight, MR rows). cb: NR rows of codes,
+// Kp bytes apart; x: MR rows, xstride apart. out[m * NR + r] = codes(r) . x[m].
+// int16 partial sums are folded into int32 every kFlush blocks (32 slices: |sum| <= 16384).
+template <int NR, int MR>
+inline void tile_u(const uint8_t* cb, int64_t Klen, const int8_t* x, int64_t xstride,
+                   int32_t* out) {
+  const int64_t Kp = xstride;  // the code rows are as far apart as the activation rows
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i tot[NR][MR];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MR; ++m) tot[r][m] = _mm256_setzero_si256();
+  for (int64_t k0 = 0; k0 < Klen; k0 += kFlush * kBlock) {
+    const int64_t k1 = std::min(Klen, k0 + kFlush * kBlock);
+    __m256i acc[NR][MR];
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MR; ++m) acc[r][m] = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k1; k += 32) {
+      __m256i c[NR];
+      for (int r = 0; r < NR; ++r)
+        c[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + r * Kp + k));
+      for (int m = 0; m < MR; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * xstride + k));
+        for (int r = 0; r < NR; ++r)
+          acc[r][m] = _mm256_add_epi16(acc[r][m], _mm256_maddubs_epi16(c[r], xv));
+      }
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int m = 0; m < MR; ++m)
+        tot[r][m] = _mm256_add_epi32(tot[r][m], _mm256_madd_epi16(acc[r][m], ones));
+  }
+  __m256i a[NR * MR];
+  for (int m = 0; m < MR; ++m)
+    for (int r = 0; r < NR; ++r) a[m * NR + r] = tot[r][m];
+  int i = 0;
+  for (; i + 4 <= NR * MR; i += 4) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[i], a[i + 1]),
+                                        _mm256_hadd_epi32(a[i + 2], a[i + 3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  }
+  for (; i < NR * MR; ++i) out[i] = hsum(a[i]);
+}
+
+template <int NR>
+inline void tile_u_m(int mr, const uint8_t* cb, int64_t Klen, const int8_t* x, int64_t xstride,
+                     int32_t* out) {
+  switch (mr) {
+    case 1: tile_u<NR, 1>(cb, Klen, x, xstride, out); break;
+    case 2: tile_u<NR, 2>(cb, Klen, x, xstride, out); break;
+    case 3: tile_u<NR, 3>(cb, Klen, x, xstride, out); break;
+    default: tile_u<NR, 4>(cb, Klen, x, xstride, out); break;
+  }
+}
+
 // Code of weight (row n, column k) in the flat packing.
 inline uint8_t code_at(const uint8_t* packed, int64_t i) {
   return (packed[i >> 2] >> (2 * (i & 3))) & 3;
@@ -149,6 +213,9 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
   const int64_t nfull = row_bytes / kBlockBytes;   // full 32-byte blocks per row
   const int64_t tail_bytes = row_bytes % kBlockBytes;
   const bool has_tail = tail_bytes != 0;
+  const bool half_tail = has_tail && tail_bytes <= 16;  // last block packed in 16-byte slices
+  const int64_t nwhole = nfull + (has_tail && !half_tail ? 1 : 0);  // blocks of 4 x 32 bytes
+  const int64_t Klen = nwhole * kBlock + (half_tail ? 64 : 0);  // activation bytes read per row
   auto out = torch::empty({M, N}, torch::kFloat32);
   const int8_t* X = xq.data_ptr<int8_t>();
   const int32_t* XS = xsum.data_ptr<int32_t>();
@@ -166,6 +233,7 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
     std::vector<uint8_t> tailbuf(kChunk * kBlockBytes);
     std::vector<const uint8_t*> wrow(kChunk), trow(kChunk);
     int32_t acc[16];
+    std::vector<uint8_t> codebuf(M >= kUnpackRows ? kChunk * Kp : 0);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kChunk, n1 = std::min(N, n0 + kChunk), nc = n1 - n0;
       for (int64_t i = 0; i < nc; ++i) {
@@ -185,45 +253,86 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
         if (has_tail) std::memcpy(t, row + nfull * kBlockBytes, tail_bytes);
         trow[i] = t;
       }
+      // y = (dot - sum x) * xscale * wscale + bias for a tile: acc[m * nr + r] is the dot
+      // of activation row m0 + m with weight row n0 + i + r
+      auto emit = [&](const int32_t* acc, int64_t m0, int mr, int64_t i, int nr) {
+        const int64_t n = n0 + i;
+        for (int m = 0; m < mr; ++m) {
+          const int64_t mm = m0 + m;
+          const int32_t* a = acc + m * nr;
+          float* o = O + mm * N + n;
+          if (nr == 4) {
+            __m128 y = _mm_mul_ps(
+                _mm_cvtepi32_ps(_mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)),
+                                              _mm_set1_epi32(XS[mm]))),
+                _mm_set1_ps(XF[mm] * ws));
+            if (B) y = _mm_add_ps(y, _mm_loadu_ps(B + n));
+            _mm_storeu_ps(o, y);
+          } else {
+            const float f = XF[mm] * ws;
+            for (int r = 0; r < nr; ++r) {
+              const float y = static_cast<float>(a[r] - XS[mm]) * f;
+              o[r] = B ? y + B[n + r] : y;
+            }
+          }
+        }
+      };
+      if (M >= kUnpackRows) {
+        // unpack this chunk's codes once (x's permuted order, zero past K), then sweep all rows
+        uint8_t* cb = codebuf.data();
+        const __m256i m3 = _mm256_set1_epi8(3);
+        for (int64_t i = 0; i < nc; ++i) {
+          uint8_t* dst = cb + i * Kp;
+          for (int64_t b = 0; b < nwhole; ++b) {
+            const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                b < nfull ? wrow[i] + b * kBlockBytes : trow[i]));
+            for (int s = 0; s < 4; ++s)
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + b * kBlock + s * 32),
+                                  _mm256_and_si256(_mm256_srli_epi16(p, 2 * s), m3));
+          }
+          if (half_tail) {  // 16-byte slices, as the activations: [s0 | s1], [s2 | s3]
+            const __m256i p = _mm256_broadcastsi128_si256(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(trow[i])));
+            const __m256i sh01 = _mm256_setr_epi64x(0, 0, 2, 2), sh23 = _mm256_setr_epi64x(4, 4, 6, 6);
+            uint8_t* d = dst + nfull * kBlock;
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(d),
+                                _mm256_and_si256(_mm256_srlv_epi64(p, sh01), m3));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 32),
+                                _mm256_and_si256(_mm256_srlv_epi64(p, sh23), m3));
+          }
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, M - m0));
+          const int8_t* xm = X + m0 * Kp;
+          int64_t i = 0;
+          for (; i + 4 <= nc; i += 4) {
+            tile_u_m<4>(mr, cb + i * Kp, Klen, xm, Kp, acc);
+            emit(acc, m0, mr, i, 4);
+          }
+          for (; i < nc; ++i) {
+            tile_u_m<1>(mr, cb + i * Kp, Klen, xm, Kp, acc);
+            emit(acc, m0, mr, i, 1);
+          }
+        }
+        continue;
+      }
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int mr = static_cast<int>(std::min<int64_t>(4, M - m0));
         const int8_t* xm = X + m0 * Kp;
         int64_t i = 0;
-        auto emit = [&](int nr) {  // y = (dot - sum x) * xscale * wscale + bias
-          const int64_t n = n0 + i;
-          for (int m = 0; m < mr; ++m) {
-            const int64_t mm = m0 + m;
-            const int32_t* a = acc + m * nr;
-            float* o = O + mm * N + n;
-            if (nr == 4) {
-              __m128 y = _mm_mul_ps(
-                  _mm_cvtepi32_ps(_mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)),
-                                                _mm_set1_epi32(XS[mm]))),
-                  _mm_set1_ps(XF[mm] * ws));
-              if (B) y = _mm_add_ps(y, _mm_loadu_ps(B + n));
-              _mm_storeu_ps(o, y);
-            } else {
-              const float f = XF[mm] * ws;
-              for (int r = 0; r < nr; ++r) {
-                const float y = static_cast<float>(a[r] - XS[mm]) * f;
-                o[r] = B ? y + B[n + r] : y;
-              }
-            }
-          }
-        };
         if (mr <= 2) {
           for (; i + 4 <= nc; i += 4) {
             tile_m<4>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
-            emit(4);
+            emit(acc, m0, mr, i, 4);
           }
         }
         for (; i + 2 <= nc; i += 2) {
           tile_m<2>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
-          emit(2);
+          emit(acc, m0, mr, i, 2);
         }
         for (; i < nc; ++i) {
           tile_m<1>(mr, &wrow[i], &trow[i], nfull, tail_bytes, xm, Kp, acc);
-          emit(1);
+          emit(acc, m0, mr, i, 1);
         }
       }
     }
@@ -240,6 +349,8 @@ void quantize_into(torch::Tensor x, torch::Tensor xq, torch::Tensor xsum, torch:
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x");
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t Kp = (K + kBlock - 1) / kBlock * kBlock;
+  // first input of a short last block (K % 128 in 1..64), laid out in 16-byte slices
+  const int64_t tail0 = (K % kBlock != 0 && K % kBlock <= 64) ? K / kBlock * kBlock : K;
   const float* X = x.data_ptr<float>();
   int8_t* Q = xq.data_ptr<int8_t>();
   int32_t* S = xsum.data_ptr<int32_t>();
@@ -281,9 +392,10 @@ void quantize_into(torch::Tensor x, torch::Tensor xq, torch::Tensor xsum, torch:
         q = _mm256_shuffle_epi8(q, transpose);              // lane: [t0: j][t1: j][t2][t3]
         q = _mm256_permutevar8x32_epi32(q, to_order);       // 4 qwords: t0 j0..7, t1, t2, t3
         int8_t* dst = qr + (k / kBlock) * kBlock + (k % kBlock) / 4;
+        const int64_t slice = k >= tail0 ? 16 : 32;  // a short last block has 16-byte slices
         alignas(32) int64_t w[4];
         _mm256_store_si256(reinterpret_cast<__m256i*>(w), q);
-        for (int t = 0; t < 4; ++t) std::memcpy(dst + 32 * t, &w[t], 8);
+        for (int t = 0; t < 4; ++t) std::memcpy(dst + slice * t, &w[t], 8);
       }
       int32_t sum = hsum(vsum);
       for (; k < K; ++k) {  // the last K % 32 inputs
@@ -292,7 +404,7 @@ void quantize_into(torch::Tensor x, torch::Tensor xq, torch::Tensor xsum, torch:
         const int8_t q = static_cast<int8_t>(v);
         sum += q;
         const int64_t i = k % kBlock;  // i = 4j + t -> slot 32t + j
-        qr[k - i + ((i & 3) << 5) + (i >> 2)] = q;
+        qr[k - i + ((i & 3) << (k >= tail0 ? 4 : 5)) + (i >> 2)] = q;
       }
       S[m] = sum;
       F[m] = 1.0f / s;
