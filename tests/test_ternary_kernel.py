@@ -189,3 +189,21 @@ def test_ternary_model_answers_the_same_through_the_kernel_and_the_reference(
     assert ((fast - ref).norm(dim=-1) <= 1e-4 * ref.norm(dim=-1)).all()
     assert ans_fast == ans_ref
     assert torch.allclose(torch.as_tensor(sc_fast), torch.as_tensor(sc_ref), atol=1e-4)
+
+
+def test_ternary_zero_shot_is_the_same_through_the_kernel_and_the_reference(packed_model):
+    """Item 4 of issue 16, zero-shot: the query-free image embedding (the batch-of-sequences
+    path: 16 images) and the classification probabilities agree to float32 rounding, and every
+    top-1 label is the same."""
+    _kernel_or_skip()
+    m = packed_model
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 64, generator=g) for _ in range(16)]
+    labels = ["a red circle", "a blue square", "a green triangle", "a cat", "the digit seven"]
+    with torch.no_grad():
+        z_fast, p_fast = m.embed_image(images), m.classify(images, labels)
+        with K.reference_path():
+            z_ref, p_ref = m.embed_image(images), m.classify(images, labels)
+    assert (torch.nn.functional.cosine_similarity(z_fast, z_ref, dim=-1) >= 1 - 1e-5).all()
+    assert torch.allclose(p_fast, p_ref, atol=1e-4)
+    assert torch.equal(p_fast.argmax(-1), p_ref.argmax(-1))
