@@ -93,6 +93,18 @@ def timed_ms(fn, budget_s: float = 2.0, max_iters: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the kernel (glibc ``malloc_trim``), so that RSS
+    counts what is held, not what the raised trim threshold (MALLOC_TUNABLES) keeps cached."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing kept back to hand over
+        pass
+
+
 def reset_peak_rss() -> None:
     """Start a new peak-RSS window (Linux: VmHWM := VmRSS)."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -255,6 +267,7 @@ def worker(size_name: str, precision: str, threads: int) -> dict:
     out["build_s"] = time.perf_counter() - t
     out["weight_bytes"] = weight_bytes(model)
     gc.collect()
+    release_free_heap()  # the low-bit builds free each layer's fp32 latent weight
     out["rss_built_mib"] = rss_mib()
     reset_peak_rss()
     with torch.inference_mode():
@@ -321,10 +334,11 @@ def roofline(threads: int) -> dict:
 # glibc gives blocks of 128 KiB .. 32 MiB back to the kernel and faults them in again depending
 # on the order of earlier frees, so a pass over (32, 65, 768) activations costs 0 to 10,000
 # page faults (up to a third of the pass in system time) by luck of the heap layout. Every
-# worker, fp32 and low-bit alike, runs with fixed thresholds so that both pay nothing; the
+# worker, fp32 and low-bit alike, runs with fixed thresholds (blocks under 32 MiB from the heap;
+# up to 64 MiB of freed heap kept, which peak RSS then includes) so that both pay nothing; the
 # default heap is kept with --system-malloc. (PyTorch's CPU tuning guide's advice is the same
 # in spirit: jemalloc or tcmalloc for inference.)
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456"
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 SYSTEM_MALLOC = [False]
 
 

@@ -173,12 +173,18 @@ class TernaryBlock(nn.Module):
         self.fc1 = BitLinear(width, hidden)
         self.fc2 = BitLinear(hidden, width, norm=True)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """x (B, T, W) float; keep (B, T) bool, True at tokens that may be attended to."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, W) float; keep (B, T) bool, True at tokens that may be attended to, or None
+        when every token may be."""
         B, T, W = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        drop = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], dropout_p=drop)
+        mask = None if keep is None else keep[:, None, None, :]
+        if not (self.training and self.dropout):  # inference: no dropout calls at all
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + self.proj(a.transpose(1, 2).reshape(B, T, W))
+            return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        drop = self.dropout
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         x = x + F.dropout(self.proj(a.transpose(1, 2).reshape(B, T, W)), drop)
         h = F.dropout(F.gelu(self.fc1(self.norm2(x))), drop)
         return x + F.dropout(self.fc2(h), drop)
@@ -195,7 +201,8 @@ class TernaryEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor) -> torch.Tensor:
-        keep = ~src_key_padding_mask
+        # no padding anywhere (a batch of full-length sequences): attention without a mask
+        keep = None if not src_key_padding_mask.any() else ~src_key_padding_mask
         for layer in self.layers:
             x = layer(x, keep)
         return self.norm(x)
