@@ -47,11 +47,17 @@ def create_model(config: str | ModelConfig | dict | None = None, **overrides: An
     return VLJEPA(ModelConfig.from_dict(merge(cfg, overrides)))
 
 
-def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA | VLMBaseline:
+def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool = False,
+         fallback: bool = False) -> VLJEPA | VLMBaseline:
     """Load a saved model: a ``save_pretrained`` directory, a hub repo id, or a Lightning
     ``.ckpt`` from ``train.py``. Returns it in eval mode, built from its own config, as the
     class its ``format`` names (a :class:`VLJEPA`, or the token-generating
     :class:`~vljepa.baseline.VLMBaseline`).
+
+    ``lean=True`` loads a serving bundle (``vljepa export-serving``) as a
+    :class:`vljepa.serving.ServingModel` instead: it answers the bundle's stored questions with
+    its stored candidates, without the encoders' libraries (see :mod:`vljepa.serving`;
+    ``fallback`` as :func:`vljepa.serving.load_serving`).
 
     A ternary model from a directory stays packed in memory (2 bits per weight; each layer is
     unpacked on the fly), so it serves but cannot train; a ternary ``.ckpt`` loads in its
@@ -63,6 +69,9 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA |
         ValueError: an unknown format; the weights do not fit the config; or the X- or Y-encoder
             found on this machine is not the one the checkpoint was trained with (names which).
     """
+    if lean:
+        from .serving import load_serving
+        return load_serving(hub.resolve(name_or_path), map_location, fallback)
     meta, state, source = hub.read_any(name_or_path, map_location)
     fmt = meta.get("format", VLJEPA.FORMAT)
     if fmt not in LOADERS:
