@@ -429,6 +429,7 @@ class ServingModel(nn.Module):
     def _missing(self, what: str, missing: list[str], stored: int) -> None:
         """Raise NotInBundleError, or with ``fallback`` warn (return to use the full model)."""
         shown = ", ".join(repr(m) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        what = what[:-1] if len(missing) == 1 else what
         msg = (f"{len(missing)} {what} not stored in the serving bundle {str(self.directory)!r} "
                f"(it stores {stored}): {shown}.")
         if not self.fallback:
@@ -437,7 +438,7 @@ class ServingModel(nn.Module):
                 f"load with fallback=True, or load the full model: vljepa.load(dir)")
         warnings.warn(f"{msg} Answering with the full model (loaded from the same directory; "
                       "it imports the encoders' libraries and takes several hundred MiB more)",
-                      stacklevel=3)
+                      stacklevel=4)  # the caller of answer / predict (under torch.no_grad)
 
     @torch.no_grad()
     def visual_tokens(self, images: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
