@@ -54,6 +54,7 @@ from torch import nn
 from . import hub
 from .config import ModelConfig
 from .inputs import as_image_list, check_texts, load_image
+from .model import VLJEPA
 from .modules.bitlinear import check_packed_state, to_packed
 from .modules.predictor import Predictor
 from .version import __version__
@@ -280,8 +281,8 @@ def export_serving(model: Any, directory: str | os.PathLike, questions: Sequence
     """Write a serving bundle of ``model`` to ``directory`` (see the module docstring).
 
     Args:
-        model: a :class:`~vljepa.model.VLJEPA`, or anything :func:`vljepa.load` reads (a
-            directory, ``.ckpt`` or hub repo id). Its predictor must be of kind "transformer"
+        model: a :class:`~vljepa.model.VLJEPA`, or a saved one (a directory, ``.ckpt`` or
+            hub repo id, read by :meth:`VLJEPA.from_pretrained <vljepa.model.VLJEPA.from_pretrained>`). Its predictor must be of kind "transformer"
             or "cached_text".
         directory: created if needed; every file is written atomically (the model's own files
             by ``save_pretrained``, then serving.safetensors, then serving.json).
@@ -297,13 +298,8 @@ def export_serving(model: Any, directory: str | os.PathLike, questions: Sequence
     """
     from safetensors.torch import save_file
 
-    from .factory import load
-    from .model import VLJEPA
-
     if not isinstance(model, VLJEPA):
-        model = load(model)
-        if not isinstance(model, VLJEPA):
-            raise ValueError(f"a serving bundle needs a VL-JEPA, got {type(model).__name__}")
+        model = VLJEPA.from_pretrained(model)  # ValueError for another kind of saved model
     kind = model.config.predictor.kind
     if kind not in LEAN_PREDICTORS:
         raise ValueError(f"lean serving supports predictor kinds {LEAN_PREDICTORS}, not {kind!r}"
@@ -422,8 +418,7 @@ class ServingModel(nn.Module):
         """The full :class:`~vljepa.model.VLJEPA` from the same directory (loaded once, on
         first use; imports the encoders' libraries)."""
         if self._full is None:
-            from .factory import load
-            self._full = load(self.directory, map_location=str(self.device))
+            self._full = VLJEPA.from_pretrained(self.directory, map_location=str(self.device))
         return self._full
 
     def _missing(self, what: str, missing: list[str], stored: int) -> None:
