@@ -28,10 +28,18 @@ def images():
     return [paths[i] for i in range(3)]
 
 
+def _saved(model, d: Path) -> Path:
+    """``model`` saved to ``d``: exports read a fresh copy, so the session model's text memo
+    (which other tests' exact comparisons rely on) stays as it was."""
+    model.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def bundle(model, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    vljepa.export_serving(model, d, QUESTIONS + QUESTIONS[:2], CANDIDATES)  # duplicates: once
+    src = _saved(model, tmp_path_factory.mktemp("model"))
+    vljepa.export_serving(src, d, QUESTIONS + QUESTIONS[:2], CANDIDATES)  # duplicates: once
     return d
 
 
@@ -109,8 +117,9 @@ def test_fallback_answers_with_the_full_model_and_says_so(bundle, images):
 
 
 def test_a_changed_model_file_makes_the_bundle_stale(model, tmp_path):
-    vljepa.export_serving(model, tmp_path, QUESTIONS[:2], CANDIDATES)
+    vljepa.export_serving(_saved(model, tmp_path / "model"), tmp_path, QUESTIONS[:2], CANDIDATES)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+    assert (tmp_path / "serving.json").is_file() and (tmp_path / "serving.safetensors").is_file()
     other = vljepa.load(tmp_path)
     with torch.no_grad():
         other.predictor.head.bias.add_(1.0)
@@ -123,6 +132,8 @@ def test_a_plain_saved_model_is_not_a_bundle(model, tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="serving.json is missing.*export-serving"):
         vljepa.load(tmp_path, lean=True)
+    with pytest.raises(ValueError, match="fallback=True goes with lean=True"):
+        vljepa.load(tmp_path, fallback=True)
 
 
 def test_export_needs_questions_and_candidates(model, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import hub
 from .baseline import VLMBaseline
@@ -19,6 +19,9 @@ from .config import NAMED_CONFIGS, ModelConfig, YEncoderConfig, check_config, me
 from .model import VLJEPA
 from .modules.encoders import TextTokenizer
 from .quantize import init_from_full_precision
+
+if TYPE_CHECKING:
+    from .serving import ServingModel
 
 # config.json's "format" -> the class method that rebuilds that kind of model from
 # (meta, tensors, source, map_location): the one place that decides what a file holds.
@@ -48,7 +51,7 @@ def create_model(config: str | ModelConfig | dict | None = None, **overrides: An
 
 
 def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool = False,
-         fallback: bool = False) -> VLJEPA | VLMBaseline:
+         fallback: bool = False) -> VLJEPA | VLMBaseline | ServingModel:
     """Load a saved model: a ``save_pretrained`` directory, a hub repo id, or a Lightning
     ``.ckpt`` from ``train.py``. Returns it in eval mode, built from its own config, as the
     class its ``format`` names (a :class:`VLJEPA`, or the token-generating
@@ -67,8 +70,12 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool 
         FileNotFoundError: the directory or a file in it is missing (names which); an encoder's
             weights file named by the config is missing (names it).
         ValueError: an unknown format; the weights do not fit the config; or the X- or Y-encoder
-            found on this machine is not the one the checkpoint was trained with (names which).
+            found on this machine is not the one the checkpoint was trained with (names which);
+            ``fallback`` without ``lean``.
     """
+    if fallback and not lean:
+        raise ValueError("fallback=True goes with lean=True (it answers what a serving bundle "
+                         "does not store with the full model)")
     if lean:
         from .serving import load_serving
         return load_serving(hub.resolve(name_or_path), map_location, fallback)
