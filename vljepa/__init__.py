@@ -6,6 +6,8 @@ and serve on an ordinary CPU.
     model = vljepa.load("checkpoints/<run>/model")  # a trained model, in eval mode
     answers, scores = model.answer(images, questions, candidates)
     vljepa.quantize(model).save_pretrained("out")  # ternary (BitNet b1.58), packed 2-bit
+    vljepa.export_serving(model, "serve", questions)  # a lean serving bundle
+    lean = vljepa.load("serve", lean=True)          # answers those questions: no timm, no MiniLM
 
 The library imports neither Lightning nor Hydra: training lives in :mod:`vljepa.training`.
 """
@@ -16,10 +18,11 @@ from .factory import (convert_checkpoint, create_model, create_model_and_transfo
                       save_pretrained)
 from .model import VLJEPA
 from .quantize import quantize
+from .serving import ServingModel, export_serving, load_serving
 from .version import __version__
 
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
            "LossConfig", "YDecoderConfig", "BaselineConfig", "named_config", "create_model",
            "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
            "load", "save_pretrained", "convert_checkpoint", "init_from", "quantize",
-           "__version__"]
+           "export_serving", "load_serving", "ServingModel", "__version__"]

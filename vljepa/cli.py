@@ -6,6 +6,8 @@
     vljepa eval     -m MODEL --task openmoji digits retrieval
     vljepa convert  checkpoints/<run>/checkpoints/last.ckpt checkpoints/<run>/model
     vljepa quantize checkpoints/<run>/model checkpoints/<run>/ternary   # BitNet b1.58, packed
+    vljepa export-serving MODEL serve/ --easy-vqa           # lean serving bundle
+    vljepa answer   -m serve/ --lean --image a.png --question "what color is the shape?"
     vljepa demo     -m MODEL --port 7860                    # web demo (pip install 'vljepa[demo]')
 
 MODEL is a saved model directory, a Lightning .ckpt or a hub repo id (``$VLJEPA_MODEL`` when
@@ -23,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .evaluate import evaluate
 from .factory import convert_checkpoint, load
 from .hub import atomic_write
 from .quantize import quantize
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="one question for all images, or one per image")
     p.add_argument("--candidates", nargs="+", default=None,
                    help="candidate answers (default: the vocabulary saved with the model)")
+    p.add_argument("--lean", action="store_true",
+                   help="MODEL is a serving bundle (export-serving): answer its stored "
+                        "questions without the encoders' libraries")
+    p.add_argument("--fallback", action="store_true",
+                   help="with --lean: answer a question or candidate the bundle does not store "
+                        "with the full model (a warning), instead of an error")
 
     p = command("classify", "Zero-shot classification; rows: image, rank, label, probability "
                             "for the top-k labels of each image.")
@@ -91,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
                                         "python train.py experiment=ternary init_from=SRC")
     p.add_argument("source", help="full-precision model directory, .ckpt or hub repo id")
     p.add_argument("output_dir", help="directory to write (config.json + packed weights)")
+
+    desc = ("Write a lean serving bundle: the model plus the candidate answers' S_Y, the "
+            "query states of the given questions and the X-encoder's needed layers, so "
+            "`vljepa.load(DIR, lean=True)` (or `vljepa answer --lean`) answers those questions "
+            "without timm, transformers or sentence-transformers.")
+    p = sub.add_parser("export-serving", help=desc, description=desc)
+    p.add_argument("source", help="model directory, .ckpt or hub repo id")
+    p.add_argument("output_dir", help="directory to write (the model's files + serving files)")
+    p.add_argument("--questions", nargs="+", default=[], help="questions to store")
+    p.add_argument("--questions-file", default=None,
+                   help="a text file of questions to store, one per line")
+    p.add_argument("--easy-vqa", action="store_true",
+                   help="store every distinct easy-VQA question (train and test)")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="candidate answers to store (default: the model's saved vocabulary)")
 
     desc = ("Serve a web demo (gradio) of the model: image question answering, zero-shot "
             "labels, selective decoding of a video. Needs pip install 'vljepa[demo]'.")
@@ -127,6 +149,22 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         out = quantize(load(args.source)).save_pretrained(args.output_dir)
         print(f"wrote {out}", file=sys.stderr)
         return None
+    if args.command == "export-serving":
+        from .serving import export_serving
+        questions = list(args.questions)
+        if args.questions_file:
+            questions += [q for q in Path(args.questions_file).read_text().splitlines()
+                          if q.strip()]
+        if args.easy_vqa:
+            import easy_vqa
+            questions += sorted(set(easy_vqa.get_train_questions()[0])
+                                | set(easy_vqa.get_test_questions()[0]))
+        if not questions:
+            raise ValueError("no questions given: pass --questions, --questions-file or "
+                             "--easy-vqa")
+        out = export_serving(args.source, args.output_dir, questions, args.candidates)
+        print(f"wrote {out}", file=sys.stderr)
+        return None
     if not args.model:
         raise ValueError("no model given: pass -m MODEL or set $VLJEPA_MODEL")
     if args.command == "demo":
@@ -137,7 +175,12 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
                               f"'vljepa[demo]' ({e})") from e
         launch(args.model, host=args.host, port=args.port)
         return None
-    model = load(args.model)
+    if getattr(args, "lean", False):
+        model = load(args.model, lean=True, fallback=args.fallback)
+    else:
+        if getattr(args, "fallback", False):
+            raise ValueError("--fallback goes with --lean")
+        model = load(args.model)
     kw = {"batch_size": args.batch_size, "progress": args.progress}
     if args.command == "embed":
         if args.text:
@@ -159,6 +202,8 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         elif len(questions) != len(args.image):
             raise ValueError(f"{len(args.image)} images but {len(questions)} questions: give one "
                              "question for all, or one per image")
+        if args.lean:
+            kw.pop("progress")  # a lean model answers few questions: no progress bar
         answers, scores = model.answer(args.image, questions, args.candidates, **kw)
         return [{"image": im, "question": q, "answer": a, "score": round(float(s), 6)}
                 for im, q, a, s in zip(args.image, questions, answers, scores)]
@@ -171,6 +216,7 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
                 for im, ps, ix in zip(args.image, top.values.tolist(), top.indices.tolist())
                 for r, (p, i) in enumerate(zip(ps, ix))]
     if args.command == "eval":
+        from .evaluate import evaluate  # torchmetrics and the data sources: this command only
         results = evaluate(model, args.task, args.cache_dir, limit=args.limit,
                            progress=args.progress)
         return [{"task": t, "metric": k, "value": v} for t, m in results.items()

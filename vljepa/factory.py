@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import hub
 from .baseline import VLMBaseline
@@ -19,6 +19,9 @@ from .config import NAMED_CONFIGS, ModelConfig, YEncoderConfig, check_config, me
 from .model import VLJEPA
 from .modules.encoders import TextTokenizer
 from .quantize import init_from_full_precision
+
+if TYPE_CHECKING:
+    from .serving import ServingModel
 
 # config.json's "format" -> the class method that rebuilds that kind of model from
 # (meta, tensors, source, map_location): the one place that decides what a file holds.
@@ -47,11 +50,17 @@ def create_model(config: str | ModelConfig | dict | None = None, **overrides: An
     return VLJEPA(ModelConfig.from_dict(merge(cfg, overrides)))
 
 
-def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA | VLMBaseline:
+def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool = False,
+         fallback: bool = False) -> VLJEPA | VLMBaseline | ServingModel:
     """Load a saved model: a ``save_pretrained`` directory, a hub repo id, or a Lightning
     ``.ckpt`` from ``train.py``. Returns it in eval mode, built from its own config, as the
     class its ``format`` names (a :class:`VLJEPA`, or the token-generating
     :class:`~vljepa.baseline.VLMBaseline`).
+
+    ``lean=True`` loads a serving bundle (``vljepa export-serving``) as a
+    :class:`vljepa.serving.ServingModel` instead: it answers the bundle's stored questions with
+    its stored candidates, without the encoders' libraries (see :mod:`vljepa.serving`;
+    ``fallback`` as :func:`vljepa.serving.load_serving`).
 
     A ternary model from a directory stays packed in memory (2 bits per weight; each layer is
     unpacked on the fly), so it serves but cannot train; a ternary ``.ckpt`` loads in its
@@ -61,8 +70,15 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu") -> VLJEPA |
         FileNotFoundError: the directory or a file in it is missing (names which); an encoder's
             weights file named by the config is missing (names it).
         ValueError: an unknown format; the weights do not fit the config; or the X- or Y-encoder
-            found on this machine is not the one the checkpoint was trained with (names which).
+            found on this machine is not the one the checkpoint was trained with (names which);
+            ``fallback`` without ``lean``.
     """
+    if fallback and not lean:
+        raise ValueError("fallback=True goes with lean=True (it answers what a serving bundle "
+                         "does not store with the full model)")
+    if lean:
+        from .serving import load_serving
+        return load_serving(hub.resolve(name_or_path), map_location, fallback)
     meta, state, source = hub.read_any(name_or_path, map_location)
     fmt = meta.get("format", VLJEPA.FORMAT)
     if fmt not in LOADERS:

@@ -23,6 +23,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"  # the model card, as the Hub renders it
 CHECKPOINT_SUFFIX = ".ckpt"
+# a serving bundle's own files, beside a saved model's (vljepa.serving)
+SERVING_CONFIG_NAME = "serving.json"
+SERVING_WEIGHTS_NAME = "serving.safetensors"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -74,7 +77,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     repo_id, _, revision = text.partition("@")
     try:
         return Path(snapshot_download(repo_id, revision=revision or None,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
+                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME,
+                                                      SERVING_CONFIG_NAME,
+                                                      SERVING_WEIGHTS_NAME]))
     except Exception as e:  # offline, unknown repo, no network: all mean "not available here"
         raise FileNotFoundError(
             f"no local model directory {text!r}, and it could not be fetched as a hub repo id "
