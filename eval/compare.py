@@ -218,11 +218,12 @@ def report(res: dict, out: Path) -> str:
                   f"{v[-1]['trainable_params']:,}.", ""]
     lat = res["latency"]
     others = [k for k in kinds if k != "VL-JEPA" and k in lat]
-    if "VL-JEPA" not in lat:  # --no-latency
-        lat = {"VL-JEPA": {}}
-    lines += ["| latency (ms per call, median) | VL-JEPA | " + " | ".join(
-                  f"{k} | {k} / VL-JEPA" for k in others) + " |",
-              "|---|---|" + "---|---|" * len(others)]
+    if "VL-JEPA" not in lat or not others:  # --no-latency
+        lat, others = {"VL-JEPA": {}}, []
+    else:
+        lines += ["| latency (ms per call, median) | VL-JEPA | " + " | ".join(
+                      f"{k} | {k} / VL-JEPA" for k in others) + " |",
+                  "|---|---|" + "---|---|" * len(others)]
     for key in lat["VL-JEPA"]:
         a = lat["VL-JEPA"][key]
         lines.append(f"| {key} | {a:.2f} | " + " | ".join(
