@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             source = cfg.data.get("source") or cfg.data.get("sources") or []
             model.card = {"datasets": [source] if isinstance(source, str) else list(source),
                           "metrics": metrics, "recipe": " ".join(["python train.py", *overrides])}
+            if cfg.data.get("seed") is not None:  # which held-out split evaluations must use
+                model.card["split_seed"] = int(cfg.data.seed)
             t = time.perf_counter()
             model.save_pretrained(Path(cfg.paths.output_dir) / "model", name=str(cfg.run_name))
             phases["export"] = time.perf_counter() - t

@@ -3,11 +3,17 @@
     python eval/compare.py                                  # budgets 5k, 20k, 80k samples seen
     python eval/compare.py --budgets 5000 20000 80000 320000 --out results/compare
     python eval/compare.py --replot                         # table + plots from results.json
+    python eval/compare.py --models VL-JEPA baseline baseline-MiniLM   # + the pretrained start
 
 Both models train on the stage-2 mix (``data=openmoji_vqa``: easy-VQA questions + OpenMoji
-captions, split by emoji) with the same frozen EfficientNet-Lite0 tokens (pooled to a 4x4 grid for
-both, ``--visual-pool``), the same query tokens, seed, optimiser and schedule, for ``budget``
-samples (``max_steps = budget / batch``). Then, on held-out data:
+captions, split by emoji) with the same frozen EfficientNet-Lite0 tokens (the OpenMoji recipes'
+224-px last stage, 7x7x320, pooled to a 4x4 grid for both, ``--visual-pool``; VL-JEPA's default
+64-px stride-4 tokens are overridden so both read the same cached features), the same query
+tokens, seed, optimiser and schedule, for ``budget`` samples (``max_steps = budget / batch``).
+VL-JEPA's default predictor reads the question through the frozen all-MiniLM-L6-v2;
+``baseline-MiniLM`` gives the baseline the same pretrained start: its decoder is that MiniLM's
+embeddings and six layers under a prefix-LM (causal) mask, fine-tuned at lr x
+``pretrained_lr_mult`` (``model.config.pretrained_decoder=true``). Then, on held-out data:
   - easy-VQA accuracy over the 13 answers (a fixed random subset of ``--vqa-test`` questions):
     VL-JEPA by nearest answer embedding, the baseline by lowest perplexity;
   - zero-shot classification of the held-out emoji over their names (top-1 / top-5);
@@ -34,14 +40,20 @@ import torch.nn.functional as F
 from vljepa.evaluate import cider, median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"VL-JEPA": [], "baseline": ["model=vlm_baseline"]}
+# The X-encoder both models read (the baseline's default; VL-JEPA's "lite" default is the 64-px
+# stride-4 stage, which the OpenMoji recipes also replace: emoji need the last stage).
+SAME_X_ENCODER = ["model.config.x_encoder.image_size=null", "model.config.x_encoder.feature_index=-1"]
+MODELS = {"VL-JEPA": SAME_X_ENCODER,
+          "baseline": ["model=vlm_baseline", *SAME_X_ENCODER],
+          "baseline-MiniLM": ["model=vlm_baseline", *SAME_X_ENCODER,
+                              "model.config.pretrained_decoder=true"]}
 
 
 def compose(kind: str, visual_pool: int, seed: int):
     from hydra import compose as hydra_compose, initialize_config_dir
 
     from vljepa.training.configs import register_configs
-    pool = ("model.config.visual_pool" if kind == "baseline"
+    pool = ("model.config.visual_pool" if kind.startswith("baseline")
             else "model.config.predictor.visual_pool")
     register_configs()  # the named model configs that configs/model/*.yaml start from
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
@@ -91,8 +103,10 @@ def caption(model, visual, bank: list[str]) -> list[str]:
     return [bank[i] for i in s.argmax(1).tolist()]
 
 
-def held_out(data, vqa_test: int, seed: int) -> dict:
-    """The test data both models are scored on, as tensors."""
+def held_out(data, vqa_test: int, seed: int, emoji_test: int | None = None) -> dict:
+    """The test data both models are scored on, as tensors: ``vqa_test`` random easy-VQA test
+    questions; the first ``emoji_test`` held-out emoji (None: all), classified among all the
+    held-out names."""
     v = data.vqa.test_set
     rows = sorted(random.Random(seed).sample(range(len(v)), min(vqa_test, len(v))))
     vqa = v.__getitems__(rows)
@@ -100,6 +114,8 @@ def held_out(data, vqa_test: int, seed: int) -> dict:
     names = list(ds["caption"])
     train_names = sorted(set(data.load_split("train")[0]["caption"]))
     classes = sorted(set(names))
+    if emoji_test is not None:
+        names, keys = names[:emoji_test], keys[:emoji_test]
     return {"vqa": vqa, "vqa_vocab": list(data.vqa.candidates), "emoji_visual": data.cache.load(keys),
             "emoji_names": names, "classes": classes, "train_names": train_names,
             "emoji_targets": torch.tensor([classes.index(n) for n in names])}
@@ -178,46 +194,57 @@ def report(res: dict, out: Path) -> str:
              f"easy-VQA: {res['vqa_test']} test questions; emoji: {res['n_emoji']} held-out emoji.",
              "", "| samples seen | model | easy-VQA acc | emoji top-1 | emoji top-5 | caption CIDEr"
              " | caption exact | trainable params | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    kinds = list(res["runs"])
     for b in budgets:
-        for kind in MODELS:
+        for kind in kinds:
             r = res["runs"][kind][str(b)]
             lines.append(f"| {b:,} | {kind} | {r['vqa_acc']:.2f}% | {r['emoji_top1']:.2f}% | "
                          f"{r['emoji_top5']:.2f}% | {r['caption_cider']:.3f} | "
                          f"{r['caption_exact']:.1f}% | {r['trainable_params']:,} | "
                          f"{r['train_seconds']:.0f} |")
     j = [res["runs"]["VL-JEPA"][str(b)] for b in budgets]
-    v = [res["runs"]["baseline"][str(b)] for b in budgets]
-    best = max(r["vqa_acc"] for r in v)
-    need = samples_to_reach(budgets, [r["vqa_acc"] for r in j], best)
-    at = budgets[[r["vqa_acc"] for r in v].index(best)]
-    ratio = f"{at / need:.1f}x fewer samples" if need else "not reached"
-    lines += ["", f"Baseline's best easy-VQA accuracy: {best:.2f}% at {at:,} samples; VL-JEPA "
-              f"reaches it at {need:,.0f} samples ({ratio})." if need else
-              f"Baseline's best easy-VQA accuracy {best:.2f}% is not reached by VL-JEPA.",
-              f"Trainable parameters: VL-JEPA {j[-1]['trainable_params']:,} = "
-              f"{j[-1]['trainable_params'] / v[-1]['trainable_params']:.2f}x the baseline's "
-              f"{v[-1]['trainable_params']:,}.", ""]
+    lines.append("")
+    for name in [k for k in kinds if k != "VL-JEPA"]:
+        v = [res["runs"][name][str(b)] for b in budgets]
+        best = max(r["vqa_acc"] for r in v)
+        need = samples_to_reach(budgets, [r["vqa_acc"] for r in j], best)
+        at = budgets[[r["vqa_acc"] for r in v].index(best)]
+        ratio = f"{at / need:.1f}x fewer samples" if need else "not reached"
+        lines += [f"{name}'s best easy-VQA accuracy: {best:.2f}% at {at:,} samples; VL-JEPA "
+                  f"reaches it at {need:,.0f} samples ({ratio})." if need else
+                  f"{name}'s best easy-VQA accuracy {best:.2f}% is not reached by VL-JEPA.",
+                  f"Trainable parameters: VL-JEPA {j[-1]['trainable_params']:,} = "
+                  f"{j[-1]['trainable_params'] / v[-1]['trainable_params']:.2f}x {name}'s "
+                  f"{v[-1]['trainable_params']:,}.", ""]
     lat = res["latency"]
-    lines += ["| latency (ms per call, median) | VL-JEPA | baseline | baseline / VL-JEPA |",
-              "|---|---|---|---|"]
+    others = [k for k in kinds if k != "VL-JEPA" and k in lat]
+    if "VL-JEPA" not in lat or not others:  # --no-latency
+        lat, others = {"VL-JEPA": {}}, []
+    else:
+        lines += ["| latency (ms per call, median) | VL-JEPA | " + " | ".join(
+                      f"{k} | {k} / VL-JEPA" for k in others) + " |",
+                  "|---|---|" + "---|---|" * len(others)]
     for key in lat["VL-JEPA"]:
-        a, b = lat["VL-JEPA"][key], lat["baseline"][key]
-        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {b / a:.1f}x |")
+        a = lat["VL-JEPA"][key]
+        lines.append(f"| {key} | {a:.2f} | " + " | ".join(
+            f"{lat[k][key]:.2f} | {lat[k][key] / a:.1f}x" for k in others) + " |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, name in zip(axes, ("vqa_acc", "emoji_top5", "caption_cider"),
                              ("easy-VQA accuracy (%)", "zero-shot emoji top-5 (%)", "caption CIDEr")):
-        for kind in MODELS:
+        for kind in kinds:
             ax.plot(budgets, [res["runs"][kind][str(b)][key] for b in budgets], "o-", label=kind)
         ax.set_xscale("log"), ax.set_xlabel("training samples seen"), ax.set_title(name)
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_samples.png", dpi=110)
+    if not others:
+        return text
     fig, ax = plt.subplots(figsize=(5, 3.6))
     Cs = sorted({int(k.split("_C")[1].split("_")[0]) for k in lat["VL-JEPA"] if "_C" in k})
-    for kind in MODELS:
+    for kind in [k for k in kinds if k in lat]:
         for B in (1, 32):
             ax.plot(Cs, [lat[kind][f"answer_C{C}_b{B}_ms"] for C in Cs], "o-", label=f"{kind} b{B}")
     ax.set_xlabel("candidates C"), ax.set_ylabel("ms per call"), ax.set_yscale("log")
@@ -229,6 +256,11 @@ def report(res: dict, out: Path) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", type=int, nargs="+", default=[5000, 20000, 80000])
+    ap.add_argument("--models", nargs="+", default=["VL-JEPA", "baseline"], choices=list(MODELS),
+                    help="VL-JEPA first; baseline-MiniLM: the baseline from MiniLM's weights")
+    ap.add_argument("--emoji-test", type=int, default=None,
+                    help="score only the first n held-out emoji images (all names stay classes)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency figures")
     ap.add_argument("--visual-pool", type=int, default=2, help="7x7 tokens -> 4x4 for both models")
     ap.add_argument("--vqa-test", type=int, default=2000, help="easy-VQA test questions scored")
     ap.add_argument("--seed", type=int, default=0)
@@ -245,15 +277,22 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     res = {"budgets": sorted(args.budgets), "vqa_test": args.vqa_test, "runs": {}, "latency": {},
            "args": vars(args)}
-    for kind in MODELS:
+    if args.models[0] != "VL-JEPA":
+        ap.error("--models: VL-JEPA first")
+    fingerprints = {}
+    for kind in args.models:
         res["runs"][kind] = {}
         for b in res["budgets"]:
             model, data, secs = train_one(kind, b, args)
-            h = held_out(data, args.vqa_test, args.seed)
+            fingerprints[kind] = model.x_encoder.fingerprint
+            if len(set(fingerprints.values())) > 1:  # the comparison is only fair on one encoder
+                raise RuntimeError(f"the models read different X-encoders: {fingerprints}")
+            h = held_out(data, args.vqa_test, args.seed, args.emoji_test)
             r = evaluate(model, h) | {"train_seconds": round(secs, 1)}
             res["runs"][kind][str(b)] = r
+            (out / "results.json").write_text(json.dumps(res, indent=1))  # so far
             print(f"{kind} @ {b:,} samples: {json.dumps(r)}", flush=True)
-            if b == res["budgets"][-1]:
+            if b == res["budgets"][-1] and not args.no_latency:
                 res["latency"][kind] = latency(model, h, args.iters)
                 print(f"{kind} latency: {json.dumps(res['latency'][kind])}", flush=True)
         res["n_emoji"] = len(h["emoji_names"])

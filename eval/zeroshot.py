@@ -8,7 +8,10 @@ recipe with ``model.config.predictor.kind=linear`` (a linear map from the X-enco
 feature into the Y space, trained with the same InfoNCE, data and budget). Columns: zero-shot
 top-1/top-5 (%) on the 293 held-out OpenMoji emoji (293-way, names never seen in training) and
 on 500 scikit-learn digits (50 per class, 10-way, "zero" ... "nine"); retrieval R@1/5/10 (%) image->text and
-text->image over the held-out emoji and their names.
+text->image over the held-out emoji and their names. The held-out emoji are those of the split
+each model was trained with (``data.seed``, recorded in its card as ``split_seed``; a model
+trained with ``seed=1`` holds out other emoji than one trained with ``seed=0``), or
+``--split-seed``'s for all.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("models", nargs="+", help="NAME=MODEL pairs")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="OpenMoji split seed (default: each model card's, the training data.seed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     results = {}
@@ -35,7 +40,8 @@ def main(argv=None) -> dict:
         if not sep:
             ap.error(f"expected NAME=MODEL, got {item!r}")
         start = time.perf_counter()
-        results[name] = evaluate(vljepa.load(path), cache_dir=args.cache_dir)
+        results[name] = evaluate(vljepa.load(path), cache_dir=args.cache_dir,
+                                 split_seed=args.split_seed)
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -106,3 +106,90 @@ def test_train_py_model_vlm_baseline(tmp_path, cache_dir):
     ids, mask = a.tokenize_queries(["what shape is this?"])
     assert torch.equal(a.candidate_scores(visual, ids, mask, a.answers),
                        b.candidate_scores(visual, ids, mask, a.answers))
+
+
+# ---- the baseline from the same pretrained start as VL-JEPA's predictor (issue 13) ----
+
+@pytest.fixture(scope="module")
+def pretrained_baseline():
+    torch.manual_seed(0)
+    m = create_baseline({"pretrained_decoder": True, "visual_pool": 2})
+    m.set_output_vocab(["red", "blue", "yes", "no", "grinning face", "an emoji of x"])
+    return m.eval()
+
+
+def test_pretrained_decoder_starts_from_the_exact_minilm_weights(pretrained_baseline):
+    from vljepa.modules.queries import load_text_encoder
+
+    minilm, _ = load_text_encoder("all-MiniLM-L6-v2")
+    dec = pretrained_baseline.decoder
+    assert len(dec.layers) == len(minilm.encoder.layer) == 6 and dec.width == 384
+    ref = minilm.encoder.layer.state_dict()
+    got = dec.layers.state_dict()
+    assert got.keys() == ref.keys() and len(ref) > 90
+    assert all(torch.equal(got[k], ref[k]) for k in ref)  # bit-identical, every tensor
+    emb = minilm.embeddings
+    assert torch.equal(dec.position_embeddings.weight, emb.position_embeddings.weight)
+    assert torch.equal(dec.type_embedding, emb.token_type_embeddings.weight[0])
+    assert torch.equal(dec.embed_norm.weight, emb.LayerNorm.weight)
+    assert torch.equal(dec.embed_norm.bias, emb.LayerNorm.bias)
+    assert torch.equal(dec.table, emb.word_embeddings.weight)  # the token table it reads and ties
+    # the query is read by MiniLM's own embeddings (the same tokens as VL-JEPA's predictor)
+    ids, mask = pretrained_baseline.tokenize_queries(["what color is the shape?"])
+    with torch.no_grad():
+        assert torch.allclose(dec.embed_tokens(ids), emb(input_ids=ids), atol=1e-6)
+    # and the pretrained weights train (at lr x pretrained_lr_mult), they are not frozen
+    groups = pretrained_baseline.param_groups(1e-3, 0.05)
+    layer_params = {id(p) for p in dec.layers.parameters()}
+    assert all(p.requires_grad for p in dec.layers.parameters())
+    lrs = {g["lr"] for g in groups if any(id(p) in layer_params for p in g["params"])}
+    assert len(lrs) == 1 and lrs.pop() == pytest.approx(1e-4)
+    assert pretrained_baseline.query_proj is None  # no random projection in front of the query
+
+
+def test_pretrained_decoder_is_causal_over_the_text_and_saves_and_loads(pretrained_baseline,
+                                                                         tmp_path):
+    bl = pretrained_baseline
+    visual = torch.randn(2, 49, 320)
+    ids, mask = bl.tokenize_queries(["what color is the shape?", "is it red?"])
+    with torch.no_grad():
+        p, pm = bl.prefix(visual, ids, mask)
+        assert p.shape == (2, 16 + ids.shape[1], 384)
+        t = torch.tensor([[101, 2417, 2630, 2748]])  # [CLS] red blue yes
+        other = torch.tensor([[101, 2417, 2053, 2053]])  # [CLS] red no no
+        m = torch.ones_like(t, dtype=torch.bool)
+        a, b = bl.decoder(p[:1], pm[:1], t, m), bl.decoder(p[:1], pm[:1], other, m)
+        assert torch.allclose(a[:, :2], b[:, :2], atol=1e-5)  # the future is not seen
+        assert not torch.allclose(a[:, 2:], b[:, 2:])
+        c = bl.decoder(p[1:], pm[1:], t, m)  # another image and question: another prediction
+        assert not torch.allclose(a[:, 0], c[:, 0])
+    scores = bl.candidate_scores(visual, ids, mask, ["red", "blue", "yes"])
+    assert scores.shape == (2, 3) and (scores <= 0).all()
+    bl.save_pretrained(tmp_path / "bl")
+    loaded = vljepa.load(tmp_path / "bl")
+    assert loaded.config.pretrained_decoder
+    assert torch.equal(loaded.candidate_scores(visual, ids, mask, ["red", "blue", "yes"]), scores)
+    assert loaded.generate(visual) == bl.generate(visual)
+
+
+def test_pretrained_decoder_learns(pretrained_baseline):
+    import copy
+
+    bl = copy.deepcopy(pretrained_baseline).train()
+    torch.manual_seed(0)
+    visual = torch.randn(4, 49, 320)
+    ids, mask = bl.tokenize_queries(["what color is the shape?"] * 4)
+    answers = ["red", "blue", "red", "blue"]
+    visual[[0, 2]] += 1.0  # the answer is in the image
+    opt = torch.optim.AdamW(bl.param_groups(3e-3, 0.0))
+    before = bl.decoder.layers[0].attention.self.query.weight.detach().clone()
+    for _ in range(40):
+        opt.zero_grad()
+        loss = bl.loss(visual, ids, mask, answers)
+        loss.backward()
+        opt.step()
+    bl.eval()
+    assert loss.item() < 0.1
+    assert not torch.equal(before, bl.decoder.layers[0].attention.self.query.weight)
+    s = bl.candidate_scores(visual, ids, mask, ["red", "blue"])
+    assert s.argmax(1).tolist() == [0, 1, 0, 1]

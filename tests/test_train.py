@@ -52,6 +52,7 @@ def test_train_py_end_to_end_then_resume(tmp_path, cache_dir):
     assert last.is_file()
     # the Lightning checkpoint and the exported model both load, and agree
     a, b = vljepa.load(last), vljepa.load(tmp_path / "model")
+    assert b.card["split_seed"] == cfg.data.seed  # evaluations hold out what training held out
     visual = torch.randn(2, a.x_encoder.num_tokens, a.x_encoder.dim)  # the default's token grid
     ids, mask = a.tokenize_queries(["what shape?", "what color?"])
     assert torch.equal(a(visual, ids, mask), b(visual, ids, mask))

@@ -26,6 +26,7 @@ from .config import BaselineConfig
 from .inputs import check_texts
 from .model import weight_decay_groups
 from .modules.encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
+from .modules.pretrained_decoder import PretrainedCausalDecoder
 from .modules.text_decoder import CausalTextDecoder, corpus_vocab
 from .modules.y_decoder import special_ids
 
@@ -42,9 +43,15 @@ class VLMBaseline(nn.Module):
         self.x_encoder = XEncoder(cfg.x_encoder)
         self.y_encoder = YEncoder(cfg.y_encoder)
         W, Dx, Dt = cfg.width, self.x_encoder.dim, self.y_encoder.vocab_dim
+        if cfg.pretrained_decoder:  # the decoder is the Y-encoder's text encoder: its width
+            if cfg.y_encoder.backend != "sentence-transformers":
+                raise ValueError("pretrained_decoder needs a sentence-transformers Y-encoder")
+            W = self.y_encoder.model[0].auto_model.config.hidden_size
         self.visual_proj = nn.Sequential(nn.LayerNorm(Dx), nn.Linear(Dx, W))
-        self.query_proj = nn.Sequential(nn.LayerNorm(Dt), nn.Linear(Dt, W))
-        self.decoder: CausalTextDecoder | None = None
+        # the pretrained decoder reads the query through its own embeddings instead
+        self.query_proj = (None if cfg.pretrained_decoder else
+                           nn.Sequential(nn.LayerNorm(Dt), nn.Linear(Dt, W)))
+        self.decoder: CausalTextDecoder | PretrainedCausalDecoder | None = None
         if cfg.output_vocab is not None:
             self._build_decoder(cfg.output_vocab)
         self.answers: list[str] | None = None
@@ -66,6 +73,12 @@ class VLMBaseline(nn.Module):
         if cfg.visual_pool > 1:
             h, w = pooled_grid(self.x_encoder.grid, cfg.visual_pool)
             n_visual = h * w
+        if cfg.pretrained_decoder:
+            self.decoder = PretrainedCausalDecoder(
+                cfg.y_encoder.name, self.y_encoder.token_embedding.weight, max_visual=n_visual,
+                max_query=cfg.max_query_len, max_len=cfg.max_answer_len, bos_id=bos, eos_id=eos,
+                pad_id=pad, output_vocab=torch.tensor(output_vocab), dropout=cfg.dropout)
+            return
         self.decoder = CausalTextDecoder(
             self.y_encoder.token_embedding.weight, width=cfg.width, depth=cfg.depth,
             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
@@ -104,6 +117,11 @@ class VLMBaseline(nn.Module):
         """
         visual = visual.to(self.device, torch.float32)
         v = self.visual_proj(pool_tokens(visual, self.x_encoder.grid, self.config.visual_pool))
+        if self.config.pretrained_decoder:
+            if query_ids is None:
+                return self._need_decoder().prefix(v, None, None)
+            return self._need_decoder().prefix(v, query_ids.to(self.device),
+                                               query_mask.to(self.device))
         keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
         if query_ids is None:
             return v, keep
@@ -165,9 +183,15 @@ class VLMBaseline(nn.Module):
         return self.y_encoder.model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups as :meth:`VLJEPA.param_groups` (no decay on norms, biases, positions)."""
+        """AdamW groups as :meth:`VLJEPA.param_groups` (no decay on norms, biases, positions);
+        a pretrained decoder's pretrained weights at ``lr * pretrained_lr_mult``."""
         self._need_decoder()
-        return weight_decay_groups(self, lr, weight_decay)
+        mults = None
+        if self.config.pretrained_decoder:
+            m = self.config.pretrained_lr_mult
+            mults = {f"decoder.{k}": m for k in ("layers.", "position_embeddings.",
+                                                 "type_embedding", "embed_norm.")}
+        return weight_decay_groups(self, lr, weight_decay, lr_mults=mults)
 
     # ---- save / load (the same layout as VL-JEPA's: config.json + model.safetensors) ----
 

@@ -197,6 +197,13 @@ class BaselineConfig:
     max_query_len: int = 24
     max_answer_len: int = 24  # answer / caption tokens, BOS and EOS included
     visual_pool: int = 1  # average-pool the token grid by this factor, as VL-JEPA's predictor
+    # True: the decoder starts from the Y-encoder's own pretrained text encoder (all-MiniLM-L6-v2
+    # by default, the encoder VL-JEPA's cached_text predictor reads questions with): its
+    # embeddings and every layer, trained under a prefix-LM (causal) mask; width, depth and heads
+    # are then the encoder's and the fields above are unused (modules/pretrained_decoder.py).
+    # False: a decoder of the sizes above from random weights.
+    pretrained_decoder: bool = False
+    pretrained_lr_mult: float = 0.1  # learning-rate multiplier of the pretrained decoder's weights
     # Token ids the decoder may emit (its token vocabulary): set from the training data's texts
     # by the Lightning module (``set_output_vocab``) and saved, so a loaded model has the same
     # softmax.

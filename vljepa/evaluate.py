@@ -81,17 +81,23 @@ def retrieval(model, visual: torch.Tensor, captions: Sequence[str],
 
 
 def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "test",
-             limit: int | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
+             limit: int | None = None, progress: bool = False,
+             split_seed: int | None = None) -> dict[str, dict[str, float]]:
     """Run the named harnesses: "openmoji" (zero-shot over the held-out emoji's names),
     "digits" (zero-shot over "zero" ... "nine", the first 50 of each digit) and "retrieval" (held-out emoji <-> names).
     ``limit`` keeps the first n images of each set (a quick check, not the reported figures).
-    Returns {task: {metric: value}}, each with ``n`` (images) and ``classes``."""
+    ``split_seed`` chooses the OpenMoji split (training's ``data.seed``: another seed holds out
+    other emoji); None: the one the model card records (``split_seed``), else 0.
+    Returns {task: {metric: value}}, each with ``n`` (images) and ``classes``; the OpenMoji
+    tasks also with ``split_seed``."""
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown eval task(s) {sorted(unknown)}; choose from {TASKS}")
     results: dict[str, dict[str, float]] = {}
     if {"openmoji", "retrieval"} & set(tasks):
-        ds = openmoji(split)
+        if split_seed is None:
+            split_seed = int((getattr(model, "card", None) or {}).get("split_seed", 0))
+        ds = openmoji(split, seed=split_seed)
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
         captions = list(ds["caption"])
@@ -100,9 +106,11 @@ def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "
             names = sorted(set(captions))
             targets = torch.tensor([names.index(c) for c in captions])
             results["openmoji"] = {**zero_shot(model, visual, targets, names, OPENMOJI_TEMPLATES),
-                                   "n": len(captions), "classes": len(names)}
+                                   "n": len(captions), "classes": len(names),
+                                   "split_seed": split_seed}
         if "retrieval" in tasks:
-            results["retrieval"] = {**retrieval(model, visual, captions), "n": len(captions)}
+            results["retrieval"] = {**retrieval(model, visual, captions), "n": len(captions),
+                                    "split_seed": split_seed}
     if "digits" in tasks:
         ds = digits(per_class=DIGITS_PER_CLASS)
         if limit is not None:

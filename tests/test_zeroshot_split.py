@@ -1,0 +1,37 @@
+"""Zero-shot evaluation holds out the emoji the model's training held out: the OpenMoji split
+depends on the training seed (data.seed), and train.py records it in the model card."""
+import copy
+
+import datasets
+import torch
+
+import vljepa.evaluate as ev
+from vljepa.data.captions import openmoji_split_codepoints
+
+
+def test_another_seed_holds_out_other_emoji():
+    test0 = set(openmoji_split_codepoints("test", seed=0))
+    train1 = set(openmoji_split_codepoints("train", seed=1))
+    assert len(test0 & train1) > len(test0) // 2  # scoring seed 1 on seed 0's test would leak
+
+
+def test_evaluate_uses_the_split_seed_of_the_model_card(model, monkeypatch):
+    seen = []
+
+    def fake_openmoji(split, seed=0, **kw):
+        seen.append((split, seed))
+        return datasets.Dataset.from_dict({"image": [b"a", b"b", b"c"],
+                                           "caption": ["cat face", "dog face", "cat face"]})
+
+    monkeypatch.setattr(ev, "openmoji", fake_openmoji)
+    monkeypatch.setattr(ev, "cached_visual_tokens", lambda m, images, *a, **k: torch.randn(
+        len(images), m.x_encoder.num_tokens, m.x_encoder.dim))
+    m = copy.copy(model)  # a shallow copy: its own card
+    m.card = {"split_seed": 3}
+    r = ev.evaluate(m, tasks=["openmoji", "retrieval"])
+    assert seen == [("test", 3)] and r["openmoji"]["split_seed"] == 3
+    assert r["retrieval"]["split_seed"] == 3 and r["openmoji"]["classes"] == 2
+    ev.evaluate(m, tasks=["openmoji"], split_seed=0)  # an explicit seed wins
+    m.card = {}
+    ev.evaluate(m, tasks=["openmoji"])  # no record: the default split
+    assert seen[1:] == [("test", 0), ("test", 0)]
