@@ -59,14 +59,7 @@ class PretrainedCausalDecoder(CausalTextDecoder):
         self.max_visual, self.max_query = max_visual, max_query
         self.max_prefix, self.max_len = max_visual + max_query, max_len
         self.register_buffer("table", token_table.detach().float(), persistent=False)
-        if output_vocab is None:
-            output_vocab = torch.arange(V)
-        output_vocab = torch.unique(torch.cat([torch.as_tensor(output_vocab).long(),
-                                               torch.tensor([eos_id])]))
-        out_index = torch.full((V,), -1, dtype=torch.long)
-        out_index[output_vocab] = torch.arange(len(output_vocab))
-        self.register_buffer("output_vocab", output_vocab)
-        self.register_buffer("out_index", out_index)
+        self._register_output_vocab(V, output_vocab)
         emb = encoder.embeddings
         # The encoder's embeddings minus its word table (the frozen ``table`` holds those values).
         self.position_embeddings = emb.position_embeddings
@@ -77,7 +70,7 @@ class PretrainedCausalDecoder(CausalTextDecoder):
         self.visual_pos = nn.Parameter(torch.zeros(1, max_visual, W))
         nn.init.trunc_normal_(self.visual_pos, std=0.02)
         self.tok_out = nn.Linear(W, Dt)
-        self.out_bias = nn.Parameter(torch.zeros(len(output_vocab)))
+        self.out_bias = nn.Parameter(torch.zeros(len(self.output_vocab)))
         del encoder  # its pooler and word table are not used
 
     def embed_tokens(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:

@@ -47,15 +47,7 @@ class CausalTextDecoder(nn.Module):
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.max_prefix, self.max_len = max_prefix, max_len
         self.register_buffer("table", token_table.detach().float(), persistent=False)
-        if output_vocab is None:
-            output_vocab = torch.arange(V)
-        output_vocab = torch.unique(torch.cat([torch.as_tensor(output_vocab).long(),
-                                               torch.tensor([eos_id])]))
-        # token id -> row of the output softmax (-1: not emittable); saved: it defines the model
-        out_index = torch.full((V,), -1, dtype=torch.long)
-        out_index[output_vocab] = torch.arange(len(output_vocab))
-        self.register_buffer("output_vocab", output_vocab)
-        self.register_buffer("out_index", out_index)
+        self._register_output_vocab(V, output_vocab)
         self.tok_in = nn.Linear(Dt, width)
         self.pos = nn.Parameter(torch.zeros(1, max_prefix + max_len, width))
         nn.init.trunc_normal_(self.pos, std=0.02)
@@ -64,7 +56,20 @@ class CausalTextDecoder(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(width),
                                             enable_nested_tensor=False)
         self.tok_out = nn.Linear(width, Dt)
-        self.out_bias = nn.Parameter(torch.zeros(len(output_vocab)))
+        self.out_bias = nn.Parameter(torch.zeros(len(self.output_vocab)))
+
+    def _register_output_vocab(self, V: int, output_vocab: torch.Tensor | None) -> None:
+        """Buffers ``output_vocab`` (sorted token ids the decoder may emit, EOS included; None:
+        all V) and ``out_index`` (V,): token id -> row of the output softmax (-1: not
+        emittable). Saved: they define the model."""
+        if output_vocab is None:
+            output_vocab = torch.arange(V)
+        output_vocab = torch.unique(torch.cat([torch.as_tensor(output_vocab).long(),
+                                               torch.tensor([self.eos_id])]))
+        out_index = torch.full((V,), -1, dtype=torch.long)
+        out_index[output_vocab] = torch.arange(len(output_vocab))
+        self.register_buffer("output_vocab", output_vocab)
+        self.register_buffer("out_index", out_index)
 
     # ---- forward ----
 

@@ -43,6 +43,19 @@ inline int32_t hsum(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// out[i] = the sum of a[i]'s eight int32 lanes, for i < N; four accumulators at a time.
+template <int N>
+inline void store_hsums(const __m256i* a, int32_t* out) {
+  int i = 0;
+  for (; i + 4 <= N; i += 4) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[i], a[i + 1]),
+                                        _mm256_hadd_epi32(a[i + 2], a[i + 3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  }
+  for (; i < N; ++i) out[i] = hsum(a[i]);
+}
+
 // out[m * NR + r] = sum over the row's blocks of codes(w[r]) . x[m] (no -sum(x) correction).
 // w[r]: the row's full blocks; tail[r]: its last, zero-padded block (tail_bytes of it used: a whole block if > 16, else its first half).
 template <int NR, int MR>
@@ -106,19 +119,11 @@ inline void tile(const uint8_t* const* w, const uint8_t* const* tail, int64_t nf
   for (int r = 0; r < NR; ++r)
     for (int m = 0; m < MR; ++m)
       acc32[r][m] = _mm256_add_epi32(acc32[r][m], _mm256_madd_epi16(acc16[r][m], ones));
-  // horizontal sums in m-major order (out[m * NR + r]: a row of outputs is contiguous in n),
-  // four accumulators at a time
+  // horizontal sums in m-major order (out[m * NR + r]: a row of outputs is contiguous in n)
   __m256i a[NR * MR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) a[m * NR + r] = acc32[r][m];
-  int i = 0;
-  for (; i + 4 <= NR * MR; i += 4) {
-    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[i], a[i + 1]),
-                                        _mm256_hadd_epi32(a[i + 2], a[i + 3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-  }
-  for (; i < NR * MR; ++i) out[i] = hsum(a[i]);
+  store_hsums<NR * MR>(a, out);
 }
 
 template <int NR>
@@ -167,14 +172,7 @@ inline void tile_u(const uint8_t* cb, int64_t Klen, const int8_t* x, int64_t xst
   __m256i a[NR * MR];
   for (int m = 0; m < MR; ++m)
     for (int r = 0; r < NR; ++r) a[m * NR + r] = tot[r][m];
-  int i = 0;
-  for (; i + 4 <= NR * MR; i += 4) {
-    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a[i], a[i + 1]),
-                                        _mm256_hadd_epi32(a[i + 2], a[i + 3]));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
-                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-  }
-  for (; i < NR * MR; ++i) out[i] = hsum(a[i]);
+  store_hsums<NR * MR>(a, out);
 }
 
 template <int NR>
