@@ -62,8 +62,9 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool 
     its stored candidates, without the encoders' libraries (see :mod:`vljepa.serving`;
     ``fallback`` as :func:`vljepa.serving.load_serving`).
 
-    A ternary model from a directory stays packed in memory (2 bits per weight; each layer is
-    unpacked on the fly), so it serves but cannot train; a ternary ``.ckpt`` loads in its
+    A ternary model from a directory stays packed in memory (2 bits per weight, multiplied as
+    stored by the int8 x 2-bit kernel of :mod:`vljepa.modules.ternary_kernel`), so it serves
+    but cannot train; a ternary ``.ckpt`` loads in its
     trainable (latent, fp32) state.
 
     Raises:
