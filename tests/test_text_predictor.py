@@ -163,3 +163,49 @@ def test_query_free_rows_give_the_visual_only_prediction(cached):
     mixed = cached(visual, ids, mask)
     assert torch.allclose(mixed[2], alone[2], atol=1e-5)
     assert not torch.allclose(mixed[0], alone[0], atol=1e-3)  # a question changes the answer
+
+
+def test_query_noise_acts_in_training_only():
+    """``predictor.query_noise`` perturbs the query states in training (two passes differ, and
+    more noise moves the prediction further); in eval mode the prediction is deterministic and
+    equals that of the same weights built without noise. Negative noise is an error."""
+    torch.manual_seed(0)
+    noisy = vljepa.create_model(predictor={**SMALL, "kind": "cached_text", "query_noise": 1.0})
+    quiet = vljepa.create_model(predictor={**SMALL, "kind": "cached_text", "query_noise": 0.0})
+    quiet.load_state_dict(noisy.state_dict())
+    visual = torch.randn(2, noisy.x_encoder.num_tokens, noisy.x_encoder.dim)
+    ids, mask = noisy.tokenize_queries(QUESTIONS)
+    with torch.no_grad():
+        noisy.train()
+        a, b = noisy(visual, ids, mask), noisy(visual, ids, mask)
+        assert not torch.allclose(a, b, atol=1e-4)
+        noisy.eval(), quiet.eval()
+        clean = noisy(visual, ids, mask)
+        assert torch.equal(clean, noisy(visual, ids, mask))
+        assert torch.allclose(clean, quiet(visual, ids, mask), atol=1e-6)
+        noisy.predictor.cfg.query_noise = 0.1  # less noise: closer to the clean prediction
+        noisy.train()
+        small = (noisy(visual, ids, mask) - clean).norm()
+        noisy.predictor.cfg.query_noise = 1.0
+        assert small < (a - clean).norm()
+    with pytest.raises(ValueError, match="query_noise"):
+        vljepa.create_model(predictor={**SMALL, "query_noise": -0.5})
+
+
+def test_query_noise_is_relative_to_each_state_and_spares_padding():
+    """The noise is std x each state's own scale: through a LayerNorm, states at any scale get
+    the same perturbation as N(0, std^2) added to the layer-normalised state; all-zero
+    (padding) states stay zero."""
+    from vljepa.modules.queries import add_query_noise
+    ln = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=0.0)  # noqa: E731
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 384) + 3.0
+    q[:, 4:] = 0  # padding
+    torch.manual_seed(1)
+    eps = torch.randn_like(q)
+    for scale in (0.01, 1.0, 100.0):
+        torch.manual_seed(1)
+        out = add_query_noise(q * scale, 0.5)
+        assert torch.allclose(ln(out[:, :4]), ln(ln(q[:, :4]) + 0.5 * eps[:, :4]), atol=1e-4)
+        assert torch.equal(out[:, 4:], torch.zeros_like(out[:, 4:]))
+    assert add_query_noise(q, 0.0) is q

@@ -92,6 +92,12 @@ class PredictorConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # Training only: Gaussian noise on every query state, this many times the state's own
+    # standard deviation (queries.add_query_noise: for unit-scale states, N(0, query_noise^2)
+    # per dimension). It keeps the predictor off the exact wording: a question it has not seen
+    # reads as a noisy version of one it has. NEFTune (Jain et al. 2023) adds noise to input
+    # embeddings in fine-tuning for the same reason. 0: off. The "linear" kind ignores queries.
+    query_noise: float = 0.0
     max_query_len: int = 24  # query tokens kept, including special tokens
     # Average-pool the visual token grid by this factor before the predictor (1: keep all tokens).
     # Attention cost grows with the square of the token count; a small grid keeps CPU training fast.
@@ -260,11 +266,12 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     # the last stage blurs, at a fifteenth of the 224-px cost), frozen all-MiniLM-L6-v2 targets,
     # and a language-aware predictor: a width-128, 2-layer transformer over 4 learned visual
     # slots and the frozen MiniLM's contextual states of the question (kept per distinct
-    # question), so reworded questions read as the training ones do.
+    # question), read through training-time query noise (``query_noise``) so that reworded
+    # questions read as the training ones do.
     "lite": {
         "x_encoder": {"image_size": 64, "feature_index": -4},
         "predictor": {"kind": "cached_text", "width": 128, "visual_slots": 4,
-                      "visual_slot_dim": 64},
+                      "visual_slot_dim": 64, "query_noise": 1.0},
     },
     # The paper's VL-JEPA (arXiv 2512.10942 §3): frozen V-JEPA 2 ViT-L X-encoder, a predictor from
     # the last 8 layers of Llama-3.2-1B made bidirectional (its tokenizer and token table for

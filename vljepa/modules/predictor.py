@@ -23,7 +23,7 @@ from ..config import PredictorConfig
 from .bitlinear import BitLinear, TernaryEncoder
 from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
 from .llm_predictor import LLMPredictor
-from .queries import ContextualQuery, TokenTableQuery
+from .queries import ContextualQuery, TokenTableQuery, add_query_noise
 from .text_predictor import TextPredictor
 
 QUANT_MODES = ("none", "ternary")
@@ -37,9 +37,10 @@ class Predictor(nn.Module):
 
     Args:
         cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling,
-            visual slots) and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
-            but the head becomes a :class:`~vljepa.modules.bitlinear.BitLinear`, each after a
-            norm).
+            visual slots), ``query_noise`` (training-time noise on the query states, see
+            :func:`~vljepa.modules.queries.add_query_noise`) and ``quant``: "none" (full
+            precision) or "ternary" (BitNet b1.58: every linear layer but the head becomes a
+            :class:`~vljepa.modules.bitlinear.BitLinear`, each after a norm).
         x_encoder: gives Dx (token width), N (token count) and the (h, w) grid of a CNN, which
             ``cfg.visual_pool > 1`` needs.
         y_encoder: gives the query tokenizer and token table (width Dq).
@@ -128,6 +129,8 @@ class Predictor(nn.Module):
             if L > self.cfg.max_query_len:
                 raise ValueError(f"query has {L} tokens; the predictor takes at most "
                                  f"{self.cfg.max_query_len} (predictor.max_query_len)")
+            if self.training:
+                query = add_query_noise(query, self.cfg.query_noise)
             q = self.query_proj(query) + self.query_pos[:, :L]  # (B, L, W)
             x = torch.cat([v, q], dim=1)  # (B, N' + L, W)
             keep = torch.cat([keep_v, query_mask.bool()], dim=1)
@@ -185,7 +188,9 @@ def build_predictor(cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncod
     encoder's last layers), "llm" (the paper's, from a causal LM's last layers) or "linear" (the
     linear probe baseline).
 
-    Raises ValueError for an unknown kind."""
+    Raises ValueError for an unknown kind or a negative ``query_noise``."""
     if cfg.kind not in PREDICTORS:
         raise ValueError(f"unknown predictor kind {cfg.kind!r}; use one of {sorted(PREDICTORS)}")
+    if cfg.query_noise < 0:
+        raise ValueError(f"predictor.query_noise must be >= 0, got {cfg.query_noise}")
     return PREDICTORS[cfg.kind](cfg, x_encoder, y_encoder, embed_dim)

@@ -131,6 +131,23 @@ def run_layers(layers, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def add_query_noise(query: torch.Tensor, std: float) -> torch.Tensor:
+    """Training-time query noise (``predictor.query_noise``): query (B, L, W) float ->
+    query + std * s * eps, eps ~ N(0, I), with s each state's own standard deviation over its W
+    features. The noise is relative to the state's scale: through a LayerNorm it is the same as
+    N(0, std^2) per dimension added to the layer-normalised (unit-scale) state, whatever the
+    states' scale. Padding (all-zero states) stays zero.
+    NEFTune (Jain et al. 2023) regularises fine-tuning with noise on input embeddings alike.
+
+    Raises ValueError for a negative ``std``."""
+    if std < 0:
+        raise ValueError(f"predictor.query_noise must be >= 0, got {std}")
+    if std == 0:
+        return query
+    s = query.var(-1, keepdim=True, unbiased=False).sqrt()  # (B, L, 1), as a LayerNorm's
+    return query + std * s * torch.randn_like(query)
+
+
 def bert_tokenize(tokenizer, texts: Sequence[str], max_len: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Questions -> (ids (B, L) int64, mask (B, L) bool), right-padded (:class:`QueryStates`
