@@ -5,6 +5,7 @@ hand-written rewordings of them, on the same test images, for one or several mod
     python eval/paraphrase.py checkpoints/vljepa-easyvqa-lite0
     python eval/paraphrase.py old=DIR new=DIR --n-images 300 --seed 0 --threads 1
     python -m eval.paraphrase ...                               # the same, from the repo root
+    python eval/paraphrase.py --text-neighbours                 # + the text encoder's own reading
 
 easy-VQA asks its questions in a couple of dozen fixed templates, so a model can score ~99% on
 the test split without reading a question it has not seen. Here every test image is also asked
@@ -24,7 +25,10 @@ all its questions; a few answers are checked against model.answer itself).
 
 Prints, per question type and overall, the original vs paraphrase accuracy, then each wording's
 accuracy (worst first) with its most frequent wrong answer; writes results.json and results.md
-to --out (default: results/paraphrase at the repo root). Takes ~3 min per model on 1 CPU thread.
+to --out (default: results/paraphrase at the repo root). Takes ~15 s per model on 1 CPU thread.
+--text-neighbours adds how often all-MiniLM-L6-v2 itself reads each rewording as a training
+question that asks the same (nearest by sentence embedding): a reference for what a predictor
+reading questions through that encoder starts from.
 """
 from __future__ import annotations
 
@@ -350,6 +354,68 @@ def evaluate(model, n_images: int = 300, seed: int = 0, paraphrases=PARAPHRASES,
     return out
 
 
+# ---- the text encoder's own reading: nearest training question by sentence embedding ----
+
+def meaning(question: str, colors, shapes) -> tuple:
+    """What an easy-VQA training question asks: ("color",), ("shape",), or ("yes/no color" |
+    "yes/no shape", value, negated). Its templates ask an open colour question with the word
+    "color", any other "what" question asks the shape, and negate with "not" / "no"."""
+    words = normalize(question).split()
+    if words[0] == "what":
+        return ("color",) if "color" in words else ("shape",)
+    negated = "not" in words or "no" in words
+    color = [w for w in words if w in colors]
+    if color:
+        return ("yes/no color", color[0], negated)
+    return ("yes/no shape", next(w for w in words if w in shapes), negated)
+
+
+def paraphrase_meaning(p: Paraphrase, color: str, shape: str) -> tuple:
+    """What one instantiation of a rewording asks, in :func:`meaning`'s terms."""
+    if p.type in ("color", "shape"):
+        return (p.type,)
+    return (p.type, color if p.type == "yes/no color" else shape, p.negated)
+
+
+@torch.no_grad()
+def text_neighbours(encoder: str = "all-MiniLM-L6-v2", paraphrases=PARAPHRASES) -> dict:
+    """How often the text encoder itself reads a rewording as a training question of the same
+    meaning: every instantiation of every rewording (each colour x shape) is matched to its
+    nearest distinct easy-VQA training question by cosine of sentence embeddings (mean over
+    tokens of the last hidden states, the sentence-transformers pooling of all-MiniLM-L6-v2).
+    A ceiling-like reference for a predictor that reads questions through that encoder.
+
+    Returns {"overall": fraction, "per_wording": [{"type", "wording", "same_meaning",
+    "example_miss": (rewording, nearest training question) or None}]}."""
+    import easy_vqa as ev
+
+    from vljepa.modules.queries import bert_tokenize, load_text_encoder
+    colors, shapes = easy_vqa_vocab()
+    model, tokenizer = load_text_encoder(encoder)
+    model.eval()
+
+    def embed(texts):
+        ids, mask = bert_tokenize(tokenizer, texts, 64)
+        h = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, W)
+        m = mask.unsqueeze(-1).float()
+        return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (B, W)
+
+    train = sorted(set(ev.get_train_questions()[0]))
+    train_meaning = [meaning(q, colors, shapes) for q in train]
+    train_emb = embed(train)  # (T, W)
+    rows, hits = [], []
+    for p in paraphrases:
+        asked = [(p.template.format(color=c, shape=s), paraphrase_meaning(p, c, s))
+                 for c in colors for s in shapes]
+        nearest = (embed([q for q, _ in asked]) @ train_emb.T).argmax(1).tolist()
+        same = [train_meaning[j] == m for j, (_, m) in zip(nearest, asked)]
+        miss = next(((q, train[j]) for j, (q, _), ok in zip(nearest, asked, same) if not ok), None)
+        rows.append({"type": p.type, "wording": p.template, "same_meaning": sum(same) / len(same),
+                     "example_miss": miss})
+        hits += same
+    return {"encoder": encoder, "overall": sum(hits) / len(hits), "per_wording": rows}
+
+
 # ---- output ----
 
 def tables(results: dict) -> tuple[list[list[str]], list[list[str]]]:
@@ -422,6 +488,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "results" / "paraphrase"), help="output directory")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--text-neighbours", action="store_true",
+                    help="also report how often all-MiniLM-L6-v2's nearest training question "
+                         "(by sentence embedding) has the rewording's meaning")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     if args.threads:
@@ -446,15 +515,30 @@ def main(argv=None) -> dict:
             f"{len(pool)} whose questions determine their colour and shape): {n_orig} original "
             f"questions, {len(PARAPHRASES)} paraphrases x {len(images)} = "
             f"{len(PARAPHRASES) * len(images)} questions; candidates: {candidates}")
+    neighbours, neighbour_text = None, ""
+    if args.text_neighbours:
+        neighbours = text_neighbours()
+        rows = [["type", "wording", "same meaning", "example miss (rewording -> nearest)"]] + [
+            [r["type"], r["wording"], f"{r['same_meaning']:.2f}",
+             " -> ".join(r["example_miss"]) if r["example_miss"] else ""]
+            for r in sorted(neighbours["per_wording"], key=lambda r: r["same_meaning"])]
+        neighbour_text = (f"nearest training question by {neighbours['encoder']} sentence "
+                          f"embedding has the rewording's meaning: {neighbours['overall']:.3f} "
+                          f"of instantiations", rows)
     seconds = round(time.perf_counter() - start, 1)
     print(info + "\n\n" + text_table(summary) + "\n\n" + text_table(wordings))
+    if neighbours:
+        print("\n" + neighbour_text[0] + "\n\n" + text_table(neighbour_text[1]))
     out = Path(args.out)
     write_atomic(out / "results.json", json.dumps(
         {"n_images": len(images), "seed": args.seed, "n_known_images": n_known,
-         "n_paraphrases": len(PARAPHRASES), "models": results, "seconds": seconds}, indent=2) + "\n")
+         "n_paraphrases": len(PARAPHRASES), "models": results, "text_neighbours": neighbours,
+         "seconds": seconds}, indent=2) + "\n")
     write_atomic(out / "results.md", "# Paraphrase robustness on easy-VQA\n\n" + info + "\n\n"
                  + markdown_table(summary) + "\n\n## Per wording (worst first)\n\n"
-                 + markdown_table(wordings) + "\n")
+                 + markdown_table(wordings) + "\n"
+                 + (f"\n## The text encoder's own reading\n\n{neighbour_text[0]}\n\n"
+                    + markdown_table(neighbour_text[1]) + "\n" if neighbours else ""))
     print(f"\nwrote {out / 'results.json'} and {out / 'results.md'}; wall time {seconds:.1f} s")
     return results
 

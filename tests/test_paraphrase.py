@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from eval.paraphrase import (PARAPHRASES, TYPES, Paraphrase, check_paraphrases, evaluate,
-                             true_values)
+from eval.paraphrase import (PARAPHRASES, TYPES, Paraphrase, check_paraphrases, easy_vqa_vocab,
+                             evaluate, meaning, text_neighbours, true_values)
 
 
 def test_paraphrases_cover_every_type_and_are_not_training_questions():
@@ -59,3 +59,24 @@ def test_evaluate_on_a_few_images_with_the_released_checkpoint():
     words = r["paraphrase"]["per_wording"]
     assert len(words) == len(PARAPHRASES) and all(0.0 <= w["accuracy"] <= 1.0 for w in words)
     assert r["original"]["overall"] > 0.9  # the training templates are answered
+
+
+def test_training_question_meanings_and_the_text_encoders_neighbours():
+    """meaning() reads what each easy-VQA training question asks (its type, the asked value and
+    negation); text_neighbours() counts a rewording whose nearest training question (by
+    MiniLM sentence embedding) asks the same as a hit, and one that asks otherwise as a miss."""
+    import easy_vqa as ev
+    colors, shapes = easy_vqa_vocab()
+    assert meaning("What color is the shape?", colors, shapes) == ("color",)
+    assert meaning("what is the blue shape?", colors, shapes) == ("shape",)
+    assert meaning("is there not a red shape?", colors, shapes) == ("yes/no color", "red", True)
+    assert meaning("is no circle present?", colors, shapes) == ("yes/no shape", "circle", True)
+    assert meaning("does the image contain a triangle?", colors, shapes) == (
+        "yes/no shape", "triangle", False)
+    kinds = Counter(meaning(q, colors, shapes)[0] for q in set(ev.get_train_questions()[0]))
+    assert set(kinds) == set(TYPES)
+    near_copy = Paraphrase("yes/no color", "is there a {color} shape here?")
+    flipped = Paraphrase("yes/no color", "is there a {color} shape here?", negated=True)
+    r = text_neighbours(paraphrases=[near_copy, flipped])
+    assert [w["same_meaning"] for w in r["per_wording"]] == [1.0, 0.0]
+    assert r["overall"] == 0.5 and r["per_wording"][1]["example_miss"] is not None
