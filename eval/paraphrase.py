@@ -515,7 +515,7 @@ def main(argv=None) -> dict:
             f"{len(pool)} whose questions determine their colour and shape): {n_orig} original "
             f"questions, {len(PARAPHRASES)} paraphrases x {len(images)} = "
             f"{len(PARAPHRASES) * len(images)} questions; candidates: {candidates}")
-    neighbours, neighbour_text = None, ""
+    neighbours = neighbour_text = None
     if args.text_neighbours:
         neighbours = text_neighbours()
         rows = [["type", "wording", "same meaning", "example miss (rewording -> nearest)"]] + [

@@ -24,6 +24,7 @@ from .losses import gather_ids, gather_with_grad, get_loss, init_logit_scale
 from .modules.bitlinear import check_packed_state, export_state_dict, to_packed
 from .modules.encoders import XEncoder, YEncoder
 from .modules.predictor import build_predictor
+from .modules.queries import add_query_noise
 from .modules.y_decoder import YDecoder
 from .version import __version__
 
@@ -122,11 +123,14 @@ class VLJEPA(nn.Module):
 
         Query token embeddings come from the predictor's own query reader (the Y-encoder's
         token table, or for an LLM predictor the LM's), detached, so the predictor starts from
-        pretrained lexical knowledge and never moves the table itself.
+        pretrained lexical knowledge and never moves the table itself. In training mode they get
+        ``predictor.query_noise`` (:func:`~vljepa.modules.queries.add_query_noise`).
         """
         query = None
         if query_ids is not None:
             query = self.predictor.embed_query(query_ids.to(self.device))  # (B, L, Dq)
+            if self.training:  # predictor.query_noise, for every kind that reads the query
+                query = add_query_noise(query, self.config.predictor.query_noise)
             query_mask = query_mask.to(self.device)
         return self.predictor(visual.to(self.device, torch.float32), query, query_mask)
 

@@ -23,7 +23,6 @@ from torch import nn
 from ..config import PredictorConfig
 from ..hub import hub_error
 from .encoders import XEncoder, pool_tokens
-from .queries import add_query_noise
 
 
 class LLMPredictor(nn.Module):
@@ -104,8 +103,6 @@ class LLMPredictor(nn.Module):
             if query.shape[1] > self.cfg.max_query_len:
                 raise ValueError(f"query has {query.shape[1]} tokens; the predictor takes at "
                                  f"most {self.cfg.max_query_len} (predictor.max_query_len)")
-            if self.training:
-                query = add_query_noise(query, self.cfg.query_noise)
             x = torch.cat([v, query.to(v.dtype)], 1)
             keep = torch.cat([keep, query_mask.bool()], 1)
         B, T, _ = x.shape

@@ -23,7 +23,7 @@ from ..config import PredictorConfig
 from .bitlinear import BitLinear, TernaryEncoder
 from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
 from .llm_predictor import LLMPredictor
-from .queries import ContextualQuery, TokenTableQuery, add_query_noise
+from .queries import ContextualQuery, TokenTableQuery
 from .text_predictor import TextPredictor
 
 QUANT_MODES = ("none", "ternary")
@@ -37,10 +37,9 @@ class Predictor(nn.Module):
 
     Args:
         cfg: sizes (width W, depth, heads, MLP ratio, dropout, max query length, visual pooling,
-            visual slots), ``query_noise`` (training-time noise on the query states, see
-            :func:`~vljepa.modules.queries.add_query_noise`) and ``quant``: "none" (full
-            precision) or "ternary" (BitNet b1.58: every linear layer but the head becomes a
-            :class:`~vljepa.modules.bitlinear.BitLinear`, each after a norm).
+            visual slots) and ``quant``: "none" (full precision) or "ternary" (BitNet b1.58: every linear layer
+            but the head becomes a :class:`~vljepa.modules.bitlinear.BitLinear`, each after a
+            norm).
         x_encoder: gives Dx (token width), N (token count) and the (h, w) grid of a CNN, which
             ``cfg.visual_pool > 1`` needs.
         y_encoder: gives the query tokenizer and token table (width Dq).
@@ -129,8 +128,6 @@ class Predictor(nn.Module):
             if L > self.cfg.max_query_len:
                 raise ValueError(f"query has {L} tokens; the predictor takes at most "
                                  f"{self.cfg.max_query_len} (predictor.max_query_len)")
-            if self.training:
-                query = add_query_noise(query, self.cfg.query_noise)
             q = self.query_proj(query) + self.query_pos[:, :L]  # (B, L, W)
             x = torch.cat([v, q], dim=1)  # (B, N' + L, W)
             keep = torch.cat([keep_v, query_mask.bool()], dim=1)

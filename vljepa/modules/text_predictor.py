@@ -25,8 +25,8 @@ from torch import nn
 
 from ..config import PredictorConfig
 from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
-from .queries import (QueryStates, add_query_noise, bert_tokenize, freeze_unsaved,
-                      load_text_encoder, run_layers, weights_fingerprint)
+from .queries import (QueryStates, bert_tokenize, freeze_unsaved, load_text_encoder, run_layers,
+                      weights_fingerprint)
 
 
 class TextPredictor(nn.Module):
@@ -127,8 +127,6 @@ class TextPredictor(nn.Module):
             if query.shape[1] > self.cfg.max_query_len:
                 raise ValueError(f"query has {query.shape[1]} tokens; the predictor takes at "
                                  f"most {self.cfg.max_query_len} (predictor.max_query_len)")
-            if self.training:
-                query = add_query_noise(query, self.cfg.query_noise)
             x = torch.cat([v, query.to(v.dtype)], 1)  # visual tokens before the query
             keep = torch.cat([keep, query_mask.bool()], 1)
         x = run_layers(self.layers, x, keep)  # (B, N'+L, W), bidirectional
