@@ -74,15 +74,15 @@ def test_selective_decoder_takes_frames_through_the_model(decoding_model):
     assert sd.step(blue) is None  # same picture again: no change, no decode
 
 
-def test_train_py_experiment_y_decoder(tmp_path, model):
+def test_train_py_experiment_y_decoder(tmp_path, model, cache_dir):
     from train import train
 
     model.save_pretrained(tmp_path / "base")
     model.answers = None
     cfg = compose(["experiment=y_decoder", f"model.name_or_path={tmp_path / 'base'}",
-                   f"paths.output_dir={tmp_path / 'run'}", "run_name=test",
-                   "data.sources=[easy_vqa,openmoji]", "data.max_texts=300", "trainer.max_epochs=1",
-                   "trainer.enable_progress_bar=false", "module.decoder.width=32",
+                   f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={cache_dir}",
+                   "run_name=test", "data.sources=[easy_vqa,openmoji]", "data.max_texts=300",
+                   "data.predictions=8", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "module.decoder.width=32",
                    "module.decoder.depth=1", "module.decoder.heads=2", "module.max_new_tokens=4"])
     metrics = train(cfg)
     assert 0 <= metrics["test/exact"] <= 1 and metrics["test/cider"] >= 0
@@ -94,3 +94,33 @@ def test_train_py_experiment_y_decoder(tmp_path, model):
     # the VL-JEPA itself is untouched: same predictions as the model it started from
     v = torch.randn(2, 49, model.x_encoder.dim)
     assert torch.allclose(out.embed_visual(v), model.embed_visual(v), atol=1e-6)
+
+
+def test_text_corpus_adds_the_models_own_predictions(model, cache_dir):
+    """data.predictions: training rows (Ŝ_Y of easy-VQA training pairs, answer), as the frozen
+    model predicts them outside training mode; sources without images add none."""
+    from vljepa.data.vqa import load_vqa
+    from vljepa.evaluate import cached_visual_tokens
+    from vljepa.training.datamodules import TextCorpusDataModule
+
+    with pytest.raises(ValueError, match="predictions must be >= 0"):
+        TextCorpusDataModule(model, sources=["unicode"], predictions=-1)
+    plain = TextCorpusDataModule(model, sources=["easy_vqa", "unicode"], max_texts=40)
+    plain.setup()
+    model.train()  # the data module must predict in eval mode and hand the mode back
+    data = TextCorpusDataModule(model, sources=["easy_vqa", "unicode"], max_texts=40,
+                                predictions=6, cache_dir=str(cache_dir))
+    data.setup()
+    assert model.training
+    model.eval()
+    rows = data.train_set
+    assert len(rows) == len(plain.train_set) + 6
+    assert rows.texts[:-6] == plain.train_set.texts
+    ds = load_vqa("easy_vqa", "train", max_samples=6, seed=0)
+    assert rows.texts[-6:] == list(ds["answer"])
+    ids, mask = model.tokenize_queries(list(ds["question"]))
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(
+            model(cached_visual_tokens(model, list(ds["image"]), cache_dir), ids, mask), dim=-1)
+    assert torch.allclose(rows.embeddings[-6:], want, atol=1e-5)
+    assert set(ds["answer"]) <= set(data.train_texts)

@@ -1,4 +1,4 @@
-"""Text corpora for the Y-decoder, which trains on text alone: lists of texts by source and
+"""Text corpora for the Y-decoder, which trains on text: lists of texts by source and
 split, held-out splits never trained on."""
 from __future__ import annotations
 

@@ -17,10 +17,12 @@ import torch
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from ..data import captions as cap
 from ..data.cache import FeatureCache, default_cache_dir
 from ..data.captions import CAPTION_SOURCES
 from ..data.corpora import corpus_texts
 from ..data.vqa import load_vqa
+from ..evaluate import cached_visual_tokens
 from ..inputs import image_key
 from ..model import VLJEPA
 from .features import CaptionFeatures, MixedFeatures, TextSet, VQAFeatures, as_batch
@@ -285,7 +287,16 @@ class TextCorpusDataModule(FeatureDataModule):
         templates: each training text is also added wrapped in these (``"{}"`` = bare), as the
             caption targets were; validation and test texts are bare.
         max_texts: keep at most this many training texts (a fixed random subset), None: all.
+        predictions: also train on the frozen VL-JEPA's own predictions Ŝ_Y, at most this many
+            per source that has images (0: text alone): easy-VQA training (image, question)
+            pairs with their answers, and the query-free predictions of the training images of
+            openmoji / scenes with their captions. Ŝ_Y sits near, not on, S_Y (easy-VQA yes/no
+            predictions: median cosine ~0.4 to S_Y("yes") after InfoNCE), so a decoder that has
+            only seen S_Y misreads them; this is ClipCap's recipe (Mokady et al. 2021: train the
+            decoder on the embeddings it will be given).
         batch_size: texts per step.
+        cache_dir: the X-encoder feature cache read for ``predictions`` (None: ``$VLJEPA_CACHE``
+            or ``~/.cache/vljepa``).
 
     Validation and test texts are those of the val / test splits that no training text equals
     (e.g. the held-out emoji names), so the test measures ``decode(S_Y(t)) ≈ t`` on texts the
@@ -293,18 +304,24 @@ class TextCorpusDataModule(FeatureDataModule):
     ``train_texts``: every text the decoder may be asked to write in training. There are no
     images (``cache`` is None), no candidates and no answer vocabulary: the model keeps its own.
     Batches: {"embedding": (B, D) float32 unit vectors, "text": B strings}.
+
+    Raises ValueError on no sources, a template without a slot, or a negative ``predictions``.
     """
 
     def __init__(self, model: VLJEPA, sources: Sequence[str] = ("easy_vqa", "openmoji"),
                  templates: Sequence[str] = ("{}",), max_texts: int | None = None,
-                 batch_size: int = 128, eval_batch_size: int = 512, seed: int = 0):
+                 predictions: int = 0, batch_size: int = 128, eval_batch_size: int = 512,
+                 cache_dir: str | None = None, seed: int = 0):
         super().__init__(model, batch_size, eval_batch_size, images=False)
+        self.cache_dir = cache_dir
         if not sources:
             raise ValueError("no text sources given")
         if any("{}" not in t for t in templates):
             raise ValueError(f"every template needs a '{{}}' slot, got {list(templates)}")
+        if predictions < 0:
+            raise ValueError(f"predictions must be >= 0, got {predictions}")
         self.sources, self.templates = list(sources), list(templates)
-        self.max_texts, self.seed = max_texts, seed
+        self.max_texts, self.predictions, self.seed = max_texts, predictions, seed
         self.texts: dict[str, list[str]] = {}
         self.train_texts: list[str] = []
 
@@ -319,9 +336,50 @@ class TextCorpusDataModule(FeatureDataModule):
         if self.max_texts is not None and len(train) > self.max_texts:
             train = sorted(random.Random(self.seed).sample(train, self.max_texts), key=train.index)
         self.texts = {"train": train, **held}
-        self.train_texts = train
         sets = {}
         for split, texts in self.texts.items():
             emb = self.model.embed_text(texts) if texts else torch.zeros(0, self.model.config.embed_dim)
             sets[split] = TextSet(emb, texts)
+        if self.predictions:
+            emb, texts = prediction_pairs(self.model, self.sources, self.predictions,
+                                          self.cache_dir, self.seed)
+            sets["train"] = TextSet(torch.cat([sets["train"].embeddings, emb]),
+                                    sets["train"].texts + texts)
+        self.train_texts = list(dict.fromkeys(sets["train"].texts))
         self.train_set, self.val_set, self.test_set = sets["train"], sets["val"], sets["test"]
+
+
+@torch.no_grad()
+def prediction_pairs(model: VLJEPA, sources: Sequence[str], per_source: int,
+                     cache_dir: str | None = None,
+                     seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """The frozen model's predictions Ŝ_Y (n, D) float32 unit vectors on training images, and
+    the texts they should decode to (n strings): at most ``per_source`` seeded pairs from each of
+    ``sources`` that has images (easy_vqa: question -> answer; openmoji, scenes: query-free ->
+    caption). Sources without images (unicode) give none. Visual tokens go through the feature
+    cache at ``cache_dir`` (None: the default)."""
+    was_training = model.training
+    model.eval()  # no query noise: the predictions decode() will be handed
+    embs, texts = [], []
+    for src in sources:
+        if src == "easy_vqa":
+            ds = load_vqa("easy_vqa", "train", max_samples=per_source, seed=seed)
+            cols = columns(ds, ["image", "question", "answer"])
+            visual = cached_visual_tokens(model, cols["image"], cache_dir)
+            ids, mask = model.tokenize_queries(cols["question"])
+            z = torch.cat([model(visual[i:i + 512], ids[i:i + 512], mask[i:i + 512]).float()
+                           for i in range(0, len(visual), 512)])
+            embs.append(torch.nn.functional.normalize(z, dim=-1))
+            texts += cols["answer"]
+        elif src in ("openmoji", "scenes"):
+            ds = cap.openmoji("train") if src == "openmoji" else cap.scenes("train")
+            rows = sorted(random.Random(seed).sample(range(len(ds)), min(per_source, len(ds))))
+            cols = columns(ds.select(rows), ["image", "caption"])
+            visual = cached_visual_tokens(model, cols["image"], cache_dir)
+            embs.append(torch.cat([model.embed_visual(visual[i:i + 512])
+                                   for i in range(0, len(visual), 512)]))
+            texts += cols["caption"]
+    model.train(was_training)
+    if not embs:
+        return torch.zeros(0, model.config.embed_dim), []
+    return torch.cat(embs), texts

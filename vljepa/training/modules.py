@@ -207,7 +207,10 @@ class LitYDecoder(L.LightningModule):
     write t back from S_Y(t). Predicted embeddings Ŝ_Y are near, not on, their targets (InfoNCE
     aligns directions only up to the temperature), so training perturbs S_Y with random noise of
     relative norm up to ``noise`` (then re-normalises): the decoder learns to read a
-    neighbourhood of each target, which is what ``decode(predict(image, query))`` hands it.
+    neighbourhood of each target. A noise that small does not reach easy-VQA's yes/no
+    predictions (median cosine ~0.4 to their target), so the data module can add the model's own
+    predictions on training images with their answers (``data.predictions``, see
+    :class:`~vljepa.training.datamodules.TextCorpusDataModule`).
 
         python train.py experiment=y_decoder model.name_or_path=checkpoints/scenes/model
 
