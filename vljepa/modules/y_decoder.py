@@ -10,8 +10,9 @@ It trains on text (vljepa/training/modules.py, LitYDecoder): texts t go through 
 Y-encoder and head, and the decoder learns ``decode(S_Y(t)) ≈ t``, so any text corpus serves.
 Predicted embeddings Ŝ_Y live in the same space but near, not on, their targets, so the corpus
 can also hold the frozen model's own predictions on training images paired with their answers
-or captions (``data.predictions``); then ``decode(predict(image, query))`` writes the answer. The vocabulary is the Y-encoder's tokenizer (its frozen token table is tied to
-the decoder's input and output, so the decoder's parameters do not grow with the vocabulary).
+or captions (``data.predictions``); then ``decode(predict(image, query))`` writes the answer.
+The vocabulary is the Y-encoder's tokenizer (its frozen token table is tied to the decoder's
+input and output, so the decoder's parameters do not grow with the vocabulary).
 """
 from __future__ import annotations
 

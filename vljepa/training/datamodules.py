@@ -313,7 +313,6 @@ class TextCorpusDataModule(FeatureDataModule):
                  predictions: int = 0, batch_size: int = 128, eval_batch_size: int = 512,
                  cache_dir: str | None = None, seed: int = 0):
         super().__init__(model, batch_size, eval_batch_size, images=False)
-        self.cache_dir = cache_dir
         if not sources:
             raise ValueError("no text sources given")
         if any("{}" not in t for t in templates):
@@ -322,6 +321,7 @@ class TextCorpusDataModule(FeatureDataModule):
             raise ValueError(f"predictions must be >= 0, got {predictions}")
         self.sources, self.templates = list(sources), list(templates)
         self.max_texts, self.predictions, self.seed = max_texts, predictions, seed
+        self.cache_dir = cache_dir
         self.texts: dict[str, list[str]] = {}
         self.train_texts: list[str] = []
 
