@@ -381,24 +381,22 @@ def paraphrase_meaning(p: Paraphrase, color: str, shape: str) -> tuple:
 def text_neighbours(encoder: str = "all-MiniLM-L6-v2", paraphrases=PARAPHRASES) -> dict:
     """How often the text encoder itself reads a rewording as a training question of the same
     meaning: every instantiation of every rewording (each colour x shape) is matched to its
-    nearest distinct easy-VQA training question by cosine of sentence embeddings (mean over
-    tokens of the last hidden states, the sentence-transformers pooling of all-MiniLM-L6-v2).
-    A ceiling-like reference for a predictor that reads questions through that encoder.
+    nearest distinct easy-VQA training question by cosine of sentence embeddings
+    (sentence-transformers' own ``encode``: for all-MiniLM-L6-v2, the mean over tokens of the
+    last hidden states). A ceiling-like reference for a predictor that reads questions through
+    that encoder.
 
     Returns {"overall": fraction, "per_wording": [{"type", "wording", "same_meaning",
     "example_miss": (rewording, nearest training question) or None}]}."""
     import easy_vqa as ev
+    from sentence_transformers import SentenceTransformer
 
-    from vljepa.modules.queries import bert_tokenize, load_text_encoder
+    from vljepa.modules.encoders import resolve_st_name
     colors, shapes = easy_vqa_vocab()
-    model, tokenizer = load_text_encoder(encoder)
-    model.eval()
+    model = SentenceTransformer(resolve_st_name(encoder), device="cpu")
 
-    def embed(texts):
-        ids, mask = bert_tokenize(tokenizer, texts, 64)
-        h = model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, W)
-        m = mask.unsqueeze(-1).float()
-        return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (B, W)
+    def embed(texts):  # (B, W) unit vectors
+        return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
 
     train = sorted(set(ev.get_train_questions()[0]))
     train_meaning = [meaning(q, colors, shapes) for q in train]
