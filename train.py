@@ -10,7 +10,6 @@ import time
 
 _PROCESS_T0 = time.perf_counter()  # before the heavy imports: the breakdown counts them
 
-import resource
 import sys
 from pathlib import Path
 
@@ -21,16 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vljepa import init_from
+from vljepa.profiling import peak_rss_mib
 from vljepa.training.checkpointing import BYTES_PER_TRAINED_PARAM, check_output_dir
 from vljepa.training.configs import register_configs
 from vljepa.training.timing import PhaseTimer
 
 register_configs()  # the library's named model configs, which configs/model/*.yaml start from
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

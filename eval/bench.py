@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 import vljepa
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations, memoised candidate embeddings
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from vljepa.profiling import median_ms
 
 
 def main(argv=None) -> dict:
@@ -44,10 +33,11 @@ def main(argv=None) -> dict:
     for b in args.batches:
         images = [paths[i % len(paths)] for i in range(b)]
         questions = ["what color is the shape?"] * b
-        t_embed = timed(lambda: model.embed_image(images, batch_size=b), args.repeats)
-        t_answer = timed(lambda: model.answer(images, questions, batch_size=b), args.repeats)
-        out[f"embed_image_ms_per_image_b{b}"] = round(1000 * t_embed / b, 1)
-        out[f"answer_ms_per_question_b{b}"] = round(1000 * t_answer / b, 1)
+        # median_ms's untimed warm-up call takes first-call allocations, memoises candidates
+        ms_embed = median_ms(lambda: model.embed_image(images, batch_size=b), args.repeats)
+        ms_answer = median_ms(lambda: model.answer(images, questions, batch_size=b), args.repeats)
+        out[f"embed_image_ms_per_image_b{b}"] = round(ms_embed / b, 1)
+        out[f"answer_ms_per_question_b{b}"] = round(ms_answer / b, 1)
     print(json.dumps(out, indent=2))
     return out
 

@@ -15,32 +15,32 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-import lightning as L  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
+from vljepa.profiling import Stopwatch, median_ms
+from vljepa.training.checkpointing import AtomicCheckpointIO
 
-from vljepa.training.checkpointing import AtomicCheckpointIO  # noqa: E402
-from vljepa.training.configs import register_configs  # noqa: E402
+if __package__:  # python -m eval.checkpoint_overhead
+    from .common import build, compose_train
+else:  # python eval/checkpoint_overhead.py: Python searches the script's directory first
+    from common import build, compose_train
 
 
 class StepTimer(L.Callback):
+    """Wall-clock seconds of each training batch, from batch start to batch end."""
+
     def __init__(self):
         self.times: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = time.perf_counter()
+        self._watch = Stopwatch()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.times.append(time.perf_counter() - self._t)
+        self.times.append(self._watch.stop())
 
 
 def main() -> None:
@@ -50,15 +50,10 @@ def main() -> None:
     ap.add_argument("--intervals", type=int, nargs="*", default=[1, 10, 100])
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    register_configs()
     out = Path(tempfile.mkdtemp(prefix="vljepa-ckpt-overhead-"))
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", "run_name=overhead",
-                                          *args.overrides])
+    cfg = compose_train([f"paths.output_dir={out}", "run_name=overhead", *args.overrides])
     L.seed_everything(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all")
-    module = instantiate(cfg.module, model=model)
-    data = instantiate(cfg.data, model=model)
+    model, module, data = build(cfg)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[timer], logger=False,
@@ -70,12 +65,9 @@ def main() -> None:
     for name, io in (("AtomicCheckpointIO (temp beside + fsync + rename)", AtomicCheckpointIO()),
                      ("Lightning TorchCheckpointIO (fsspec, /tmp + move)", TorchCheckpointIO())):
         trainer.strategy.checkpoint_io = io
-        times = []
-        for i in range(args.saves):
-            t = time.perf_counter()
-            trainer.save_checkpoint(out / "last.ckpt")
-            times.append(time.perf_counter() - t)
-        results[name] = statistics.median(times)
+        # every write counts, the first included (no warm-up)
+        results[name] = median_ms(lambda: trainer.save_checkpoint(out / "last.ckpt"), args.saves,
+                                  warmup=False)
     size = (out / "last.ckpt").stat().st_size
     print(f"recipe: {' '.join(args.overrides) or 'default (python train.py)'}; batch "
           f"{cfg.data.batch_size}; checkpoint {size / 2**20:.2f} MiB; "
@@ -83,9 +75,9 @@ def main() -> None:
     print("| checkpoint writer | write (ms) | " + " | ".join(
         f"overhead every {n} steps" for n in args.intervals) + " |")
     print("|---|---|" + "---|" * len(args.intervals))
-    for name, w in results.items():
-        print(f"| {name} | {w * 1000:.1f} | " + " | ".join(
-            f"{100 * w / (n * step):.2f}%" for n in args.intervals) + " |")
+    for name, w_ms in results.items():
+        print(f"| {name} | {w_ms:.1f} | " + " | ".join(
+            f"{100 * (w_ms / 1000) / (n * step):.2f}%" for n in args.intervals) + " |")
 
 
 if __name__ == "__main__":

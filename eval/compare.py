@@ -31,13 +31,18 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vljepa.evaluate import cider, median_ms
+from vljepa.metrics import cider
+from vljepa.profiling import Stopwatch, median_ms
+
+if __package__:  # loaded as eval.compare (python -m eval.compare, pytest)
+    from .common import build, compose_train
+else:  # python eval/compare.py: Python searches the script's directory first
+    from common import build, compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The X-encoder both models read (the baseline's default; VL-JEPA's "lite" default is the 64-px
@@ -50,35 +55,28 @@ MODELS = {"VL-JEPA": SAME_X_ENCODER,
 
 
 def compose(kind: str, visual_pool: int, seed: int):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from vljepa.training.configs import register_configs
+    """The training config of model ``kind`` (a key of MODELS) on the stage-2 mix."""
     pool = ("model.config.visual_pool" if kind.startswith("baseline")
             else "model.config.predictor.visual_pool")
-    register_configs()  # the named model configs that configs/model/*.yaml start from
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose("train", overrides=MODELS[kind] + [
-            "data=openmoji_vqa", f"{pool}={visual_pool}", f"seed={seed}", "run_name=compare"])
+    return compose_train(MODELS[kind] + ["data=openmoji_vqa", f"{pool}={visual_pool}",
+                                         f"seed={seed}", "run_name=compare"])
 
 
 def train_one(kind: str, budget: int, args) -> tuple:
     """Fit one model for ``budget`` samples; returns (model, datamodule, train seconds)."""
     import lightning as L
-    from hydra.utils import instantiate
 
     cfg = compose(kind, args.visual_pool, args.seed)
     L.seed_everything(args.seed, workers=True)
-    model = instantiate(cfg.model, _convert_="all")
-    module = instantiate(cfg.module, model=model)
-    data = instantiate(cfg.data, model=model)
+    model, module, data = build(cfg)
     steps = max(1, budget // cfg.data.batch_size)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1,
                         precision=cfg.trainer.precision, limit_val_batches=0,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    t = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    return model.eval(), data, time.perf_counter() - t
+    with Stopwatch() as fit:
+        trainer.fit(module, datamodule=data)
+    return model.eval(), data, fit.seconds
 
 
 # ---- the two ways of answering ----

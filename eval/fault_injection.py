@@ -28,25 +28,26 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from vljepa.data.cache import FeatureCache
+from vljepa.profiling import Stopwatch
 
-from faults import env, read_steps, train_cmd  # noqa: E402
-from vljepa.data.cache import FeatureCache  # noqa: E402
+if __package__:  # python -m eval.fault_injection
+    from .faults import ROOT, env, read_steps, train_cmd
+else:  # python eval/fault_injection.py: Python searches the script's directory first
+    from faults import ROOT, env, read_steps, train_cmd
 
 
 def overrides(out: Path, cache: Path, every: int, *extra: str) -> list[str]:
     return ["experiment=tiny", f"paths.output_dir={out}", f"paths.cache_dir={cache}",
             "run_name=fault", "trainer.max_epochs=2",
             f"callbacks.step_checkpoint.every_n_train_steps={every}",
-            "+callbacks.record._target_=faults.RecordSteps",
+            "+callbacks.record._target_=eval.faults.RecordSteps",
             f"+callbacks.record.path={out / 'steps.jsonl'}", *extra]
 
 
@@ -108,12 +109,12 @@ def trial(point: str, work: Path, cache: Path, every: int, rng: random.Random,
     extra: list[str] = []
     if point == "checkpoint":
         step = every * rng.randint(1, 15 // every)
-        extra = ["+callbacks.kill._target_=faults.KillAt", f"+callbacks.kill.step={step}",
+        extra = ["+callbacks.kill._target_=eval.faults.KillAt", f"+callbacks.kill.step={step}",
                  "+callbacks.kill.where=checkpoint", f"+callbacks.kill.delay={rng.uniform(0, .03)}"]
     if point == "export":
-        extra = ["+callbacks.kill._target_=faults.KillDuringExport",
+        extra = ["+callbacks.kill._target_=eval.faults.KillDuringExport",
                  f"+callbacks.kill.delay={rng.uniform(0, .05)}"]
-    t0 = time.perf_counter()
+    total = Stopwatch()
     p = start(overrides(out, cache, every, *extra), log)
     steps_file = out / "steps.jsonl"
     if point == "step":
@@ -152,20 +153,20 @@ def trial(point: str, work: Path, cache: Path, every: int, rng: random.Random,
                     model_files_ok = False
     # resume
     rlog = out.with_suffix(".resume.log")
-    t_kill = time.perf_counter()
+    since_kill = Stopwatch()
     resume = [f"ckpt_path={last}"] if last.exists() else []
     rp = start(overrides(out, cache, every, *resume), rlog)
-    first_step_at = None
+    to_first_step = None  # seconds from the resume's start to its first new step
     while rp.poll() is None:
         rows = read_steps(steps_file)
-        if first_step_at is None and rows and max(rows) > ran:
-            first_step_at = time.perf_counter()
+        if to_first_step is None and rows and max(rows) > ran:
+            to_first_step = since_kill.seconds
         time.sleep(0.02)
     rcode = rp.returncode
     row = {"point": point, "killed": killed, "ckpts_intact": intact,
            "steps_run": ran, "resumed_from": resumed_from,
            "steps_lost": max(0, ran - resumed_from), "resume_rc": rcode,
-           "kill_to_first_step_s": round(first_step_at - t_kill, 1) if first_step_at else None,
+           "kill_to_first_step_s": round(to_first_step, 1) if to_first_step is not None else None,
            "acc": test_acc(rlog), "model_files_ok": model_files_ok,
            "stale_temps": [p.name for p in out.rglob(".*") if p.is_file()
                            and "steps" not in p.name and ".hydra" not in str(p)]}
@@ -175,7 +176,7 @@ def trial(point: str, work: Path, cache: Path, every: int, rng: random.Random,
     if rcode == 0:
         row["weight_diff"] = weight_diff(work / "ref" / "checkpoints" / "last.ckpt", last)
         row["export_diff"] = export_diff(work / "ref" / "model", out / "model")
-    row["seconds"] = round(time.perf_counter() - t0, 1)
+    row["seconds"] = round(total.seconds, 1)
     return row
 
 
@@ -193,7 +194,6 @@ def main() -> None:
     cache = work / "cache"
     rng = random.Random(args.seed)
     ref = work / "ref"
-    t = time.perf_counter()
     assert run(overrides(ref, cache, args.every), work / "ref.log") == 0, "reference run failed"
     rows = read_steps(ref / "steps.jsonl")
     ts = [rows[s]["t"] for s in sorted(rows)]

@@ -36,7 +36,6 @@ import argparse
 import json
 import random
 import re
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 import vljepa
 from vljepa.data.vqa import EASY_VQA_SHAPES, easy_vqa
 from vljepa.hub import atomic_write
+from vljepa.profiling import Stopwatch
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASED = ROOT / "checkpoints" / "vljepa-easyvqa-lite0"
@@ -391,7 +391,7 @@ def text_neighbours(encoder: str = "all-MiniLM-L6-v2", paraphrases=PARAPHRASES) 
     import easy_vqa as ev
     from sentence_transformers import SentenceTransformer
 
-    from vljepa.modules.encoders import resolve_st_name
+    from vljepa.encoders import resolve_st_name
     colors, shapes = easy_vqa_vocab()
     model = SentenceTransformer(resolve_st_name(encoder), device="cpu")
 
@@ -490,7 +490,7 @@ def main(argv=None) -> dict:
                     help="also report how often all-MiniLM-L6-v2's nearest training question "
                          "(by sentence embedding) has the rewording's meaning")
     args = ap.parse_args(argv)
-    start = time.perf_counter()
+    total = Stopwatch()
     if args.threads:
         torch.set_num_threads(args.threads)
     check_paraphrases()
@@ -500,11 +500,11 @@ def main(argv=None) -> dict:
     n_known = sum(bool(im["color"] and im["shape"]) for im in pool)
     results = {}
     for name, path in models.items():
-        t = time.perf_counter()
-        model = vljepa.load(path)
-        results[name] = {"path": path, **evaluate(model, seed=args.seed, images=images,
-                                                  batch_size=args.batch_size)}
-        results[name]["seconds"] = round(time.perf_counter() - t, 1)
+        with Stopwatch() as watch:
+            model = vljepa.load(path)
+            results[name] = {"path": path, **evaluate(model, seed=args.seed, images=images,
+                                                      batch_size=args.batch_size)}
+        results[name]["seconds"] = round(watch.seconds, 1)
     summary, wordings = tables(results)
     n_orig = next(iter(results.values()))["original"]["n"]["all"]
     candidates = ", ".join(f"{n}: {r['candidates']['source']} ({r['candidates']['n']})"
@@ -523,7 +523,7 @@ def main(argv=None) -> dict:
         neighbour_text = (f"nearest training question by {neighbours['encoder']} sentence "
                           f"embedding has the rewording's meaning: {neighbours['overall']:.3f} "
                           f"of instantiations", rows)
-    seconds = round(time.perf_counter() - start, 1)
+    seconds = round(total.seconds, 1)
     print(info + "\n\n" + text_table(summary) + "\n\n" + text_table(wordings))
     if neighbours:
         print("\n" + neighbour_text[0] + "\n\n" + text_table(neighbour_text[1]))

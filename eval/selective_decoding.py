@@ -26,7 +26,6 @@ import json
 import math
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -104,7 +103,7 @@ def nearest(decoded: list[tuple[float, str]], t: float) -> str:
 
 
 def score(streams, decoded_per_stream, fps: float) -> dict:
-    from vljepa.evaluate import cider
+    from vljepa.metrics import cider
     refs, hyps, n = [], [], 0
     for s, (decoded, count) in zip(streams, decoded_per_stream):
         n += count
@@ -202,13 +201,13 @@ def report(res: dict, out: Path) -> str:
 
 
 def overhead(model, emb: torch.Tensor, visual: torch.Tensor) -> dict:
-    from vljepa.evaluate import median_ms
+    from vljepa.profiling import Stopwatch, median_ms
     from vljepa.selective import SelectiveDecoder
     sd = SelectiveDecoder(decode=lambda e: [""] * len(e), threshold=0.3, window=2)
-    t = time.perf_counter()
-    for e in emb:
-        sd.step(e)
-    step_us = 1e6 * (time.perf_counter() - t) / len(emb)
+    with Stopwatch() as steps:
+        for e in emb:
+            sd.step(e)
+    step_us = 1e6 * steps.seconds / len(emb)
 
     return {"step_us": step_us, "predictor_ms": median_ms(lambda: model.embed_visual(visual[:1]), 30),
             "decode_ms": median_ms(lambda: model.decode(emb[:1]), 30)}
@@ -237,7 +236,7 @@ def main(argv=None) -> None:
         return
 
     import vljepa
-    from vljepa.evaluate import cached_visual_tokens
+    from vljepa.metrics import cached_visual_tokens
 
     model = vljepa.load(args.model)
     if model.y_decoder is None:

@@ -5,7 +5,7 @@
 
 For each saved model directory it reports:
   - easy-VQA test accuracy (eval/vqa.py, in a subprocess);
-  - zero-shot top-1 / top-5 over the 293 held-out OpenMoji emoji (vljepa.evaluate, in a
+  - zero-shot top-1 / top-5 over the 293 held-out OpenMoji emoji (vljepa.metrics, in a
     subprocess; meaningful for caption-trained models, e.g. experiment=openmoji_stage2);
   - predictor size: bytes of the ``predictor.*`` tensors in model.safetensors, and the file size;
   - resident predictor bytes once loaded (parameters + buffers: a ternary model stays packed);
@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from vljepa.evaluate import median_ms
+from vljepa.profiling import median_ms, peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]  # defaults resolve from the repo, not the cwd
 
@@ -57,7 +56,7 @@ def worker(model_dir: str, threads: int, iters: int) -> dict:
                 lambda: model.answer(images[:b], qs[:b], candidates), iters)
             out[f"predictor_b{b}_ms"] = median_ms(
                 lambda: model(visual[:b], ids[:b], mask[:b]), 5 * iters)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
 
 
@@ -81,7 +80,7 @@ def accuracy(model_dir: str) -> dict:
 
 
 def zero_shot_emoji(model_dir: str) -> dict:
-    code = ("import json, sys, vljepa; from vljepa.evaluate import evaluate; "
+    code = ("import json, sys, vljepa; from vljepa.metrics import evaluate; "
             "print(json.dumps(evaluate(vljepa.load(sys.argv[1]), tasks=['openmoji'])['openmoji']))")
     res = subprocess.run([sys.executable, "-c", code, model_dir], capture_output=True, text=True,
                          check=True)

@@ -8,8 +8,8 @@ No trained checkpoint: random weights (speed and memory do not depend on their v
 Sizes (the predictor's transformer blocks over T tokens of width W; the input projections,
 pooling and head are left out):
   default  the default predictor's blocks (width 192, depth 2, 4 heads, MLP 768): fp32 is
-           ``nn.TransformerEncoder`` as in vljepa.modules.predictor, ternary is
-           ``vljepa.modules.bitlinear.TernaryEncoder``, packed;
+           ``nn.TransformerEncoder`` as in vljepa.predictors.transformer, ternary is
+           ``vljepa.kernels.bitlinear.TernaryEncoder``, packed;
   mid      8 Llama-style blocks, hidden 1024, MLP 4096, 16 heads / 4 KV heads (~121 M weights);
   paper    the paper's predictor shape, Llama-3.2-1B's last 8 layers: hidden 2048, MLP 8192,
            32 heads / 8 KV heads (~486 M weights). Llama-style = RMSNorm, grouped-query
@@ -17,7 +17,7 @@ pooling and head are left out):
 Precisions: fp32; bf16 (nn.Linear in bfloat16; this CPU has no native bf16 arithmetic, so the
 65-token regime at batch 32 is skipped as too slow); int8 (torch's own dynamic int8 Linear,
 fbgemm: int8 weights, activations quantised per call); ternary (BitLinear packed at 2 bits,
-run by the int8 x 2-bit kernel of vljepa.modules.ternary_kernel, with BitNet's SubLN norms).
+run by the int8 x 2-bit kernel of vljepa.kernels.ternary_gemm, with BitNet's SubLN norms).
 
 Each (size, precision) runs in a fresh process, which builds its model layer by layer (never a
 whole fp32 copy for the low-bit ones) and reports:
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,9 +47,8 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmark the vljepa next to this script, wherever run from
-    sys.path.insert(0, str(ROOT))
+# vljepa (vljepa.profiling included) is imported inside the functions, never at the top: a worker
+# reads the RSS of the bare runtime (torch) before importing it.
 
 SIZES = {  # width, depth, heads, kv_heads, mlp
     "default": dict(width=192, depth=2, heads=4, kv_heads=4, mlp=768),
@@ -63,6 +61,7 @@ BATCHES = (1, 32)
 
 
 def rss_mib() -> float:
+    """Resident memory now, MiB (Linux). Not vljepa's: it is read before vljepa is imported."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -78,19 +77,16 @@ THREADS = [1]
 
 
 def timed_ms(fn, budget_s: float = 2.0, max_iters: int = 20) -> float:
-    """Median ms of calls of ``fn`` after a warm-up; a call longer than 3 s is timed once (the
-    warm-up call itself), so the paper shape's largest passes stay affordable."""
-    t = clock()
-    fn()
-    first = clock() - t
-    if first > 3.0:
-        return 1000 * first
-    times = []
-    while len(times) < max_iters and (len(times) < 3 or sum(times) < budget_s):
-        t = clock()
+    """Median ms on :func:`clock` of calls of ``fn`` after a warm-up (up to ``max_iters``, until
+    ``budget_s`` seconds after 3); a call longer than 3 s is timed once (the warm-up call
+    itself), so the paper shape's largest passes stay affordable."""
+    from vljepa.profiling import Stopwatch, median_ms
+
+    with Stopwatch(clock) as first:
         fn()
-        times.append(clock() - t)
-    return 1000 * statistics.median(times)
+    if first.seconds > 3.0:
+        return 1000 * first.seconds
+    return median_ms(fn, max_iters, max_seconds=budget_s, clock=clock, warmup=False)
 
 
 def release_free_heap() -> None:
@@ -125,7 +121,7 @@ def _linear_factory(precision: str):
     import torch
     from torch import nn
 
-    from vljepa.modules.bitlinear import BitLinear
+    from vljepa.kernels.bitlinear import BitLinear
 
     def make(i: int, o: int, norm: bool = False) -> nn.Module:
         if precision == "fp32":
@@ -188,11 +184,11 @@ def llama_stack(width, depth, heads, kv_heads, mlp, precision):
 
 
 def default_stack(width, depth, heads, kv_heads, mlp, precision):
-    """The default predictor's blocks, as vljepa.modules.predictor builds them."""
+    """The default predictor's blocks, as vljepa.predictors.transformer builds them."""
     import torch
     from torch import nn
 
-    from vljepa.modules.bitlinear import TernaryEncoder, to_packed
+    from vljepa.kernels.bitlinear import TernaryEncoder, to_packed
 
     if precision == "ternary":
         enc = to_packed(TernaryEncoder(width, heads, mlp, 0.0, depth))
@@ -254,17 +250,19 @@ def worker(size_name: str, precision: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     THREADS[0] = threads
     out = {"rss_runtime_mib": rss_mib()}
+    from vljepa.profiling import Stopwatch, peak_rss_mib  # imports vljepa: after the runtime's RSS
+
     if precision == "ternary":
-        from vljepa.modules import ternary_kernel
+        from vljepa.kernels import ternary_gemm as ternary_kernel
 
         if ternary_kernel.kernel() is None:  # compile (or load the cached build) before timing
             out["note"] = f"kernel unavailable: {ternary_kernel.kernel_unavailable_reason()}"
     size = SIZES[size_name]
     build = default_stack if size_name == "default" else llama_stack
     torch.manual_seed(0)
-    t = time.perf_counter()
-    model, dtype = build(**size, precision=precision)
-    out["build_s"] = time.perf_counter() - t
+    with Stopwatch() as watch:
+        model, dtype = build(**size, precision=precision)
+    out["build_s"] = watch.seconds
     out["weight_bytes"] = weight_bytes(model)
     gc.collect()
     release_free_heap()  # the low-bit builds free each layer's fp32 latent weight
@@ -277,7 +275,7 @@ def worker(size_name: str, precision: str, threads: int) -> dict:
                     continue  # minutes per pass without native bf16 (see the docstring)
                 x = torch.randn(b, T, size["width"]).to(dtype)
                 out[f"b{b}_t{T}_ms"] = timed_ms(lambda: model(x))
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     out["peak_rss_serving_mib"] = peak_rss_window_mib()
     return out
 
@@ -286,8 +284,9 @@ def roofline(threads: int) -> dict:
     """Bandwidth (bytes/s) and peak multiply-add rates (MAC/s) on ``threads`` threads."""
     import torch
 
-    from vljepa.modules import ternary_kernel
-    from vljepa.modules.bitlinear import pack_ternary
+    from vljepa.kernels import ternary_gemm as ternary_kernel
+    from vljepa.kernels.bitlinear import pack_ternary
+    from vljepa.profiling import Stopwatch
 
     torch.set_num_threads(threads)
     THREADS[0] = threads
@@ -297,9 +296,9 @@ def roofline(threads: int) -> dict:
         return min(timed_once(fn) for _ in range(n))
 
     def timed_once(fn):
-        t = clock()
-        fn()
-        return clock() - t
+        with Stopwatch(clock) as watch:
+            fn()
+        return watch.seconds
 
     src = torch.ones(2**27)  # 512 MiB
     dst = torch.empty_like(src)
@@ -420,7 +419,7 @@ def main(argv=None) -> str:
         print(json.dumps(roofline(args.threads)))
         return ""
     SYSTEM_MALLOC[0] = args.system_malloc
-    t0 = time.time()
+    t0 = time.time()  # progress stamps only: the driver imports neither torch nor vljepa
     roof = run_self(["--roofline", "--threads", str(args.threads)])
     rows = {}
     for size in args.sizes:

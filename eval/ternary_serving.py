@@ -42,6 +42,8 @@ HEAVY = ("timm", "torchvision", "open_clip", "transformers", "sentence_transform
 
 
 def rss_mib() -> float:
+    """Resident memory now, MiB (Linux). Not vljepa's: the worker reads it before importing
+    vljepa, to split the RSS by import."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -57,8 +59,6 @@ def _mib(*modules) -> float:
 
 
 def worker(mode: str, model_dir: str, t_start: float) -> dict:
-    import resource
-
     out = {}
 
     def stage(name):
@@ -67,10 +67,10 @@ def worker(mode: str, model_dir: str, t_start: float) -> dict:
 
     import torch
     stage("torch")
-    sys.path.insert(0, str(ROOT))  # the vljepa next to this script
     import easy_vqa
 
     import vljepa
+    from vljepa.profiling import peak_rss_mib
     stage("import")
     if mode == "full":  # the libraries the full load imports, one at a time, for the breakdown
         import timm  # noqa: F401
@@ -88,7 +88,7 @@ def worker(mode: str, model_dir: str, t_start: float) -> dict:
     stage("answer")
     out["answer"] = answers[0]
     out["score"] = float(scores[0])
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     out["x_mib"] = _mib(model.x_encoder)
     out["text_mib"] = _mib(model.y_encoder) if mode == "full" else \
         (model.s_y.nbytes + model.states.nbytes + model.lengths.nbytes) / 2**20
@@ -99,9 +99,8 @@ def worker(mode: str, model_dir: str, t_start: float) -> dict:
 
 def export_bundle(model_dir: str, bundle: Path) -> None:
     """``vljepa export-serving model_dir bundle --easy-vqa``, in its own process."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     res = subprocess.run([sys.executable, "-m", "vljepa.cli", "export-serving", model_dir,
-                          str(bundle), "--easy-vqa"], capture_output=True, text=True, env=env)
+                          str(bundle), "--easy-vqa"], capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"export-serving {model_dir}: {res.stderr[-2000:]}")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import lightning as L
 
 import vljepa
+from vljepa.profiling import Stopwatch
 from vljepa.training.datamodules import VQADataModule
-from vljepa.training.modules import LitVLJEPA
+from vljepa.training.lightning_modules import LitVLJEPA
 
 
 def main(argv=None) -> dict[str, float]:
@@ -39,7 +39,7 @@ def main(argv=None) -> dict[str, float]:
     ap.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = ap.parse_args(argv)
 
-    start = time.perf_counter()
+    total = Stopwatch()
     model = vljepa.load(args.model)
     data = VQADataModule(
         model, source=args.source, name=args.name,
@@ -52,7 +52,7 @@ def main(argv=None) -> dict[str, float]:
                         enable_progress_bar=not args.json, enable_model_summary=False)
     metrics = {k: float(v) for k, v in trainer.test(LitVLJEPA(model), datamodule=data,
                                                     verbose=not args.json)[0].items()}
-    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics["seconds"] = round(total.seconds, 1)
     print(json.dumps(metrics, indent=2) if args.json else
           "\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
     return metrics

@@ -17,7 +17,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]  # defaults resolve from the repo, no
 
 
 def score(name: str, refs: list[str], hyps: list[str]) -> dict:
-    from vljepa.evaluate import cider
+    from vljepa.metrics import cider
     exact = sum(r.lower() == h.lower() for r, h in zip(refs, hyps)) / len(refs)
     out = {"n": len(refs), "exact": round(100 * exact, 2), "cider": round(cider(refs, hyps), 3),
            "examples": list(zip(refs[:4], hyps[:4]))}
@@ -47,14 +46,15 @@ def main(argv=None) -> None:
     import vljepa
     from vljepa.data.captions import scenes
     from vljepa.data.vqa import load_vqa
-    from vljepa.evaluate import cached_visual_tokens
+    from vljepa.metrics import cached_visual_tokens
+    from vljepa.profiling import Stopwatch
     from vljepa.training.datamodules import TextCorpusDataModule
 
     torch.manual_seed(args.seed)
     model = vljepa.load(args.model)
     dec = lambda e: model.decode(e, num_beams=args.beams)  # noqa: E731
     res = {}
-    t0 = time.perf_counter()
+    total = Stopwatch()
 
     data = TextCorpusDataModule(model, sources=["easy_vqa", "scenes", "unicode"])
     data.setup()
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     visual = cached_visual_tokens(model, list(ds["image"]), progress=True)
     res["captions"] = score("captions: decode(embed_image)", list(ds["caption"]),
                             dec(model.embed_visual(visual)))
-    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["seconds"] = round(total.seconds, 1)
     print(f"total {res['seconds']} s")
     if args.out:
         with open(args.out, "w") as f:

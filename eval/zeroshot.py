@@ -4,7 +4,7 @@
         baseline=checkpoints/openmoji_stage1_linear/model [--json]
 
 Each NAME=MODEL is a saved model directory or .ckpt. The no-predictor baseline is the same
-recipe with ``model.config.predictor.kind=linear`` (a linear map from the X-encoder's pooled
+recipe with ``predictor=linear`` (a linear map from the X-encoder's pooled
 feature into the Y space, trained with the same InfoNCE, data and budget). Columns: zero-shot
 top-1/top-5 (%) on the 293 held-out OpenMoji emoji (293-way, names never seen in training) and
 on 500 scikit-learn digits (50 per class, 10-way, "zero" ... "nine"); retrieval R@1/5/10 (%) image->text and
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import vljepa
-from vljepa.evaluate import evaluate
+from vljepa.metrics import evaluate
+from vljepa.profiling import Stopwatch
 
 COLUMNS = [("openmoji", "top1"), ("openmoji", "top5"), ("digits", "top1"), ("digits", "top5"),
            *((("retrieval", f"{d}_R@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)))]
@@ -39,10 +39,10 @@ def main(argv=None) -> dict:
         name, sep, path = item.partition("=")
         if not sep:
             ap.error(f"expected NAME=MODEL, got {item!r}")
-        start = time.perf_counter()
-        results[name] = evaluate(vljepa.load(path), cache_dir=args.cache_dir,
-                                 split_seed=args.split_seed)
-        results[name]["seconds"] = round(time.perf_counter() - start, 1)
+        with Stopwatch() as watch:
+            results[name] = evaluate(vljepa.load(path), cache_dir=args.cache_dir,
+                                     split_seed=args.split_seed)
+        results[name]["seconds"] = round(watch.seconds, 1)
     if args.json:
         print(json.dumps(results, indent=2))
         return results

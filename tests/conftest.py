@@ -46,7 +46,7 @@ def easy_vqa_test_image() -> str:
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from vljepa.modules.encoders import resolve_st_name
+    from vljepa.encoders import resolve_st_name
     return AutoTokenizer.from_pretrained(resolve_st_name("all-MiniLM-L6-v2"))
 
 
@@ -100,16 +100,10 @@ def tiny_sentence_transformer(tmp_path_factory, minilm_tokenizer) -> str:
 
 
 def compose(overrides: list[str]):
-    """Compose configs/train.yaml as ``python train.py <overrides>`` would."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from vljepa.training.configs import register_configs
-
-    register_configs()  # as train.py does at import
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+    """Compose configs/train.yaml as ``python train.py <overrides>`` would (the benchmarks'
+    helper, eval/common.py)."""
+    from eval.common import compose_train
+    return compose_train(overrides)
 
 
 def tiny_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:

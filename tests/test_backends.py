@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vljepa.config import XEncoderConfig, YEncoderConfig
-from vljepa.modules.encoders import XEncoder, YEncoder
+from vljepa.encoders import XEncoder, YEncoder
 
 
 def test_open_clip_visual_tower_gives_visual_tokens():

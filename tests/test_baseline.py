@@ -4,7 +4,7 @@ import torch
 
 import vljepa
 from vljepa.baseline import VLMBaseline, create_baseline
-from vljepa.modules.text_decoder import CausalTextDecoder
+from vljepa.decoders.text_decoder import CausalTextDecoder
 
 from conftest import compose
 
@@ -119,7 +119,7 @@ def pretrained_baseline():
 
 
 def test_pretrained_decoder_starts_from_the_exact_minilm_weights(pretrained_baseline):
-    from vljepa.modules.queries import load_text_encoder
+    from vljepa.predictors.queries import load_text_encoder
 
     minilm, _ = load_text_encoder("all-MiniLM-L6-v2")
     dec = pretrained_baseline.decoder

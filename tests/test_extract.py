@@ -45,7 +45,7 @@ def test_streamed_videos_become_clips(tmp_path, tiny_vjepa2):
     import json
 
     from vljepa.config import XEncoderConfig
-    from vljepa.modules.encoders import XEncoder
+    from vljepa.encoders import XEncoder
     from vljepa.video import write_video
 
     enc = XEncoder(XEncoderConfig(backend="hf", name=tiny_vjepa2, weights=None, feature_index=None))

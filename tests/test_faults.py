@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import compose, tiny_overrides
-from faults import read_steps, run_train
+from eval.faults import read_steps, run_train
 from vljepa.data.cache import FeatureCache
 from vljepa.training.checkpointing import (AtomicCheckpointIO, check_output_dir,
                                            remove_stale_temps)
@@ -39,7 +39,7 @@ EVERY = 3  # checkpoint interval (optimizer steps) of these tests; tiny = 8 step
 def _overrides(out: Path, cache_dir: Path, *extra: str) -> list[str]:
     return [*tiny_overrides(out, cache_dir), "trainer.max_epochs=2", "test=false",
             "export=false", f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
-            "+callbacks.record._target_=faults.RecordSteps",
+            "+callbacks.record._target_=eval.faults.RecordSteps",
             f"+callbacks.record.path={out / 'steps.jsonl'}", *extra]
 
 
@@ -52,7 +52,7 @@ def test_kill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, cach
     out = run_train(_overrides(ref, cache_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     kill_step = 11  # mid second epoch; the last step checkpoint before it is step 9
-    out = run_train(_overrides(run, cache_dir, "+callbacks.kill._target_=faults.KillAt",
+    out = run_train(_overrides(run, cache_dir, "+callbacks.kill._target_=eval.faults.KillAt",
                                f"+callbacks.kill.step={kill_step}"))
     assert out.returncode == -9, out.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
@@ -256,7 +256,7 @@ def test_two_processes_filling_one_cache_never_corrupt_it(tmp_path):
     assert sum(counts) >= n  # both filled (each computes what it found missing)
     cache = FeatureCache(tmp_path, "fp")
     assert cache.missing(list(_images(n))) == []
-    assert not list(cache.dir.glob("*.corrupt")) and not list(cache.dir.glob(".*tmp"))
+    assert not list(cache.dir.glob("*.corrupt")) and not list(cache.dir.glob(".shard-*"))
     expected = torch.stack([_fake_encode(_transform(im)[None])[0]
                             for im in _images(n).values()]).half()
     assert torch.equal(cache.load(list(_images(n))), expected)
@@ -289,14 +289,14 @@ def test_paper_stage1_ddp_from_litdata_killed_mid_epoch_resumes_to_the_same_loss
                 "trainer.strategy=ddp_find_unused_parameters_true", "data.batch_size=32",
                 "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4",
                 "trainer.enable_progress_bar=false", "test=false",
-                "+callbacks.record._target_=faults.RecordSteps",
+                "+callbacks.record._target_=eval.faults.RecordSteps",
                 f"+callbacks.record.path={out / 'steps.jsonl'}", *extra]
 
     ref, run = tmp_path / "ref", tmp_path / "run"
     out = run_train(ovr(ref))
     assert out.returncode == 0, out.stderr[-3000:]
-    out = run_train(ovr(run, "+callbacks.kill._target_=faults.KillAt", "+callbacks.kill.step=22",
-                        "+callbacks.kill.group=true"))
+    out = run_train(ovr(run, "+callbacks.kill._target_=eval.faults.KillAt",
+                        "+callbacks.kill.step=22", "+callbacks.kill.group=true"))
     assert out.returncode == -9, out.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 20

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from vljepa.config import XEncoderConfig
-from vljepa.modules.encoders import XEncoder
+from vljepa.encoders import XEncoder
 
 FRAMES = 4
 

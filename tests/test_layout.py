@@ -63,7 +63,7 @@ def test_importing_the_library_imports_neither_lightning_nor_hydra():
     # as in an environment without them: importing any of them raises ImportError
     code = ("import sys; blocked = ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf'); "
             "sys.modules.update(dict.fromkeys(blocked)); "
-            "import vljepa, vljepa.cli, vljepa.evaluate, vljepa.selective, vljepa.video; "
+            "import vljepa, vljepa.cli, vljepa.metrics, vljepa.selective, vljepa.video; "
             "print([m for m in blocked if sys.modules.get(m) is not None])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -111,3 +111,58 @@ def test_the_circle_check_sees_a_circle(tmp_path, monkeypatch):
         assert "a -> b -> a" in str(e)
     else:
         raise AssertionError("a circle went unreported")
+
+
+EVAL = ROOT / "eval"
+SYS_PATH_EDITS = {"insert", "append", "extend", "remove", "pop", "clear", "__setitem__",
+                  "__delitem__", "__iadd__"}
+
+
+def _benchmark_violations(source: str) -> list[str]:
+    """What a benchmark in eval/ must not do, found in its ``source``: edit ``sys.path`` (a
+    mutating call, an assignment to it or one of its items or slices, ``+=``, ``del``) or import
+    a module of tests/ (``tests.*``, or a name that is a file in tests/, such as ``conftest``)."""
+    test_modules = {"tests"} | {p.stem for p in (ROOT / "tests").glob("*.py")}
+
+    def is_sys_path(node) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "path"
+                and isinstance(node.value, ast.Name) and node.value.id == "sys")
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else
+                   [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            if is_sys_path(t) or (isinstance(t, ast.Subscript) and is_sys_path(t.value)):
+                found.append((node.lineno, "assigns to sys.path"))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and is_sys_path(node.func.value) and node.func.attr in SYS_PATH_EDITS:
+            found.append((node.lineno, f"sys.path.{node.func.attr}(...)"))
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            names = []
+        found += [(node.lineno, f"imports {n} from tests/") for n in names
+                  if n.split(".")[0] in test_modules]
+    return [f"line {line}: {what}" for line, what in sorted(found)]
+
+
+def test_benchmarks_neither_edit_sys_path_nor_import_from_tests():
+    """eval/ scripts import vljepa as the installed package and share helpers through eval/
+    itself (eval/common.py, eval/faults.py), never through tests/."""
+    problems = {f.name: v for f in sorted(EVAL.glob("*.py"))
+                if (v := _benchmark_violations(f.read_text()))}
+    assert not problems, problems
+
+
+def test_the_benchmark_check_sees_sys_path_edits_and_test_imports():
+    """The check above can fail: each kind of violation is reported."""
+    source = "\n".join([
+        "import sys", "sys.path.insert(0, 'x')", "sys.path[:0] = ['x']", "sys.path += ['x']",
+        "sys.path = ['x']", "sys.path.append('x')", "import tests.faults",
+        "from conftest import compose", "from tests import hub_standin",
+        "print(sys.path)", "import os.path", "from eval.common import build"])  # fine, these 3
+    found = _benchmark_violations(source)
+    assert [f.split(":")[0] for f in found] == [f"line {i}" for i in range(2, 10)], found

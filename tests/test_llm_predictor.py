@@ -10,8 +10,10 @@ from conftest import TINY_PREDICTOR
 
 def llm_model(path, layers=2):
     torch.manual_seed(0)
-    return vljepa.create_model({"predictor": dict(TINY_PREDICTOR, kind="llm", llm=path,
-                                                  llm_layers=layers)})
+    # width, depth and heads are the LM's own: only the fields the llm kind reads
+    return vljepa.create_model({"predictor": dict(kind="llm", llm=path, llm_layers=layers,
+                                                  max_query_len=TINY_PREDICTOR["max_query_len"],
+                                                  visual_pool=TINY_PREDICTOR["visual_pool"])})
 
 
 def test_llm_predictor_takes_the_last_layers_bidirectionally(tiny_llama):

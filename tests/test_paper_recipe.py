@@ -31,7 +31,7 @@ def test_paper_recipe_runs_with_tiny_stand_ins(stage, tmp_path, cache_dir, tiny_
                    "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
                    "data.batch_size=16"])
     assert cfg.module.schedule == "constant" and cfg.model.config.loss.gather
-    assert cfg.data._target_ == "vljepa.training.chunks.LitDataModule"
+    assert cfg.data._target_ == "vljepa.training.chunks.ChunkDataModule"
     train(cfg)
     model = vljepa.load(tmp_path / "model")
     assert model.config.predictor.kind == "llm" and model.config.embed_dim == 48

@@ -13,7 +13,8 @@ from PIL import Image
 import vljepa
 from conftest import ROOT, TINY_PREDICTOR
 from vljepa.cli import main
-from vljepa.serving import LeanTransform, NotInBundleError, ServingModel, _transform_spec
+from vljepa.serving import NotInBundleError, ServingModel
+from vljepa.serving.lean_cnn import LeanTransform, _transform_spec
 
 QUESTIONS = ["what color is the shape?", "what shape is in the image?", "is there a red shape?",
              "is there not a blue shape in the image?", "is a circle present?",

@@ -7,8 +7,8 @@ from safetensors.torch import load_file, save_file
 
 import vljepa
 from conftest import TINY_PREDICTOR
-from vljepa.modules import bitlinear as T
-from vljepa.modules import ternary_kernel as K
+from vljepa.kernels import bitlinear as T
+from vljepa.kernels import ternary_gemm as K
 from vljepa.quantize import quantize
 
 TERNARY = {**TINY_PREDICTOR, "quant": "ternary"}

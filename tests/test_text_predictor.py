@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import vljepa
-from vljepa.modules.queries import run_layers
+from vljepa.encoders.text_backbone import run_layers
 
 SMALL = {"width": 32, "depth": 1, "heads": 2, "max_query_len": 24, "visual_pool": 2}
+# kind=text takes its width and heads from the pretrained encoder
+SMALL_TEXT = {"max_query_len": 24, "visual_pool": 2}
 QUESTIONS = ["what color is the shape?", "name the colour of the figure."]
 
 
@@ -24,7 +26,7 @@ def cached():
 @pytest.fixture(scope="module")
 def text():
     torch.manual_seed(0)
-    return vljepa.create_model(predictor={**SMALL, "kind": "text", "text_layers": 2}).eval()
+    return vljepa.create_model(predictor={**SMALL_TEXT, "kind": "text", "text_layers": 2}).eval()
 
 
 def _minilm_states(model, ids, mask):
@@ -98,12 +100,12 @@ def test_a_different_text_encoder_is_an_error_naming_it(text, tmp_path):
     meta = json.loads(cfg_path.read_text())
     meta["predictor_fingerprint"] = "0123456789abcdef"  # trained with another text encoder
     cfg_path.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="text encoder of the predictor.*all-MiniLM-L6-v2"):
+    with pytest.raises(ValueError, match="pretrained weights of the predictor.*all-MiniLM-L6-v2"):
         vljepa.load(tmp_path / "m")
 
 
 def test_pretrained_layers_train_at_their_own_learning_rate():
-    m = vljepa.create_model(predictor={**SMALL, "kind": "text", "text_layers": 1,
+    m = vljepa.create_model(predictor={**SMALL_TEXT, "kind": "text", "text_layers": 1,
                                        "text_lr_mult": 0.1})
     groups = m.param_groups(1e-3, 0.05)
     layer_params = {id(p) for p in m.predictor.layers.parameters()}
@@ -120,7 +122,7 @@ def test_visual_slots_pool_tokens_by_learned_attention():
     not depend on token order and equals the feature itself when all tokens are the same."""
     from torch.nn import functional as F
 
-    from vljepa.modules.encoders import VisualSlots
+    from vljepa.predictors.visual import VisualSlots
     torch.manual_seed(0)
     slots = VisualSlots(24, 16, 4)
     x = torch.randn(3, 256, 24)
@@ -196,7 +198,7 @@ def test_query_noise_is_relative_to_each_state_and_spares_padding():
     """The noise is std x each state's own scale: through a LayerNorm, states at any scale get
     the same perturbation as N(0, std^2) added to the layer-normalised state; all-zero
     (padding) states stay zero."""
-    from vljepa.modules.queries import add_query_noise
+    from vljepa.predictors.queries import add_query_noise
     ln = lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], eps=0.0)  # noqa: E731
     torch.manual_seed(0)
     q = torch.randn(2, 6, 384) + 3.0

@@ -16,7 +16,7 @@ from vljepa.data.cache import FeatureCache
 
 def test_a_tiny_training_run_lowers_the_loss(model):
     import lightning as L
-    from vljepa.training.modules import LitVLJEPA
+    from vljepa.training.lightning_modules import LitVLJEPA
 
     torch.manual_seed(0)
     m = vljepa.create_model({"predictor": TINY_PREDICTOR})
@@ -98,7 +98,7 @@ def test_warm_cache_skips_the_x_encoder(tmp_path, cache_dir, model):
 
 
 def test_cache_key_covers_encoder_preprocessing_and_content(tmp_path, easy_vqa_test_image):
-    from vljepa.modules.encoders import XEncoder
+    from vljepa.encoders import XEncoder
     from vljepa.config import XEncoderConfig
     from vljepa.inputs import image_key
 

@@ -1,4 +1,4 @@
-"""The Y-decoder (vljepa/modules/y_decoder.py): decode(S_Y(t)) ≈ t, saved with the model, and its training
+"""The Y-decoder (vljepa/decoders/y_decoder.py): decode(S_Y(t)) ≈ t, saved with the model, and its training
 run (train.py experiment=y_decoder)."""
 import pytest
 import torch
@@ -100,7 +100,7 @@ def test_text_corpus_adds_the_models_own_predictions(model, cache_dir):
     """data.predictions: training rows (Ŝ_Y of easy-VQA training pairs, answer), as the frozen
     model predicts them outside training mode; sources without images add none."""
     from vljepa.data.vqa import load_vqa
-    from vljepa.evaluate import cached_visual_tokens
+    from vljepa.metrics import cached_visual_tokens
     from vljepa.training.datamodules import TextCorpusDataModule
 
     with pytest.raises(ValueError, match="predictions must be >= 0"):

@@ -5,7 +5,7 @@ import copy
 import datasets
 import torch
 
-import vljepa.evaluate as ev
+import vljepa.metrics as ev
 from vljepa.data.captions import openmoji_split_codepoints
 
 

@@ -11,8 +11,10 @@ and serve on an ordinary CPU.
 
 The library imports neither Lightning nor Hydra: training lives in :mod:`vljepa.training`.
 """
-from .config import (BaselineConfig, LossConfig, ModelConfig, PredictorConfig, XEncoderConfig,
-                     YDecoderConfig, YEncoderConfig, named_config)
+from .config import (BaselineConfig, CachedTextPredictorConfig, LinearPredictorConfig,
+                     LLMPredictorConfig, LossConfig, ModelConfig, PredictorConfig,
+                     TextPredictorConfig, TransformerPredictorConfig, XEncoderConfig,
+                     YDecoderConfig, YEncoderConfig, named_config, predictor_config)
 from .factory import (convert_checkpoint, create_model, create_model_and_transforms,
                       create_model_from_pretrained, get_tokenizer, init_from, load,
                       save_pretrained)
@@ -22,6 +24,8 @@ from .serving import ServingModel, export_serving, load_serving
 from .version import __version__
 
 __all__ = ["VLJEPA", "ModelConfig", "XEncoderConfig", "YEncoderConfig", "PredictorConfig",
+           "TransformerPredictorConfig", "CachedTextPredictorConfig", "TextPredictorConfig",
+           "LLMPredictorConfig", "LinearPredictorConfig", "predictor_config",
            "LossConfig", "YDecoderConfig", "BaselineConfig", "named_config", "create_model",
            "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
            "load", "save_pretrained", "convert_checkpoint", "init_from", "quantize",

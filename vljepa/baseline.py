@@ -5,7 +5,7 @@ predicting the answer's embedding it *generates* the answer text:
 
     image ──X-encoder (frozen)──► visual tokens (B, N, Dx) ──proj──┐
     question ──Y-encoder's tokenizer + token table──► (B, L) ──proj─┴─► prefix (B, N'+L, W)
-    prefix ──► causal text decoder (vljepa/modules/text_decoder.py) ──► answer tokens, cross-entropy
+    prefix ──► causal text decoder (vljepa/decoders/text_decoder.py) ──► answer tokens, cross-entropy
 
 Discriminative questions are answered by the lowest perplexity over the candidate answers
 (every candidate is scored after the prefix); open questions and captions by greedy decoding.
@@ -25,10 +25,11 @@ from . import hub
 from .config import BaselineConfig
 from .inputs import check_texts
 from .model import weight_decay_groups
-from .modules.encoders import XEncoder, YEncoder, pool_tokens, pooled_grid
-from .modules.pretrained_decoder import PretrainedCausalDecoder
-from .modules.text_decoder import CausalTextDecoder, corpus_vocab
-from .modules.y_decoder import special_ids
+from .encoders import XEncoder, YEncoder
+from .predictors.visual import pool_tokens, pooled_grid
+from .decoders.pretrained_decoder import PretrainedCausalDecoder
+from .decoders.text_decoder import CausalTextDecoder, corpus_vocab
+from .decoders.y_decoder import special_ids
 
 
 class VLMBaseline(nn.Module):

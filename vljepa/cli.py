@@ -1,4 +1,4 @@
-"""The ``vljepa`` command line: embed, answer, classify, eval, convert, quantize.
+"""The ``vljepa`` command line: embed, answer, classify, eval, convert, quantize, export-serving, demo.
 
     vljepa embed    -m MODEL --image a.png b.png            # or --text "a red circle" ...
     vljepa answer   -m MODEL --image a.png --question "what color is the shape?"
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
                 for im, ps, ix in zip(args.image, top.values.tolist(), top.indices.tolist())
                 for r, (p, i) in enumerate(zip(ps, ix))]
     if args.command == "eval":
-        from .evaluate import evaluate  # torchmetrics and the data sources: this command only
+        from .metrics import evaluate  # torchmetrics and the data sources: this command only
         results = evaluate(model, args.task, args.cache_dir, limit=args.limit,
                            progress=args.progress)
         return [{"task": t, "metric": k, "value": v} for t, m in results.items()

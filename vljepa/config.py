@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -59,59 +59,209 @@ class YEncoderConfig:
     max_length: int = 32  # target text length in tokens (longer texts are truncated)
 
 
+QUANT_MODES = ("none", "ternary")
+
+
 @dataclass
 class PredictorConfig:
-    """The bidirectional transformer that maps [visual tokens; query tokens] to Ŝ_Y (paper §3)."""
+    """Base of the per-kind predictor configs (paper §3, "Predictor"): the fields every kind reads.
 
-    # "transformer": the VL-JEPA predictor. "linear": the linear probe baseline (no predictor), a
-    # linear map from the X-encoder's pooled feature into the shared space that ignores the query
-    # (a CLIP-style alignment trained with the same loss); the other fields are then unused.
-    # "llm": the paper's predictor, the last llm_layers layers of the causal LM ``llm`` made
-    # bidirectional, with that LM's tokenizer and token table for the query (llm_predictor.py).
-    # "cached_text": the "transformer" predictor reading the query as a frozen pretrained text
-    # encoder's contextual token states (computed once per distinct question) instead of static
-    # word vectors. "text": the last text_layers layers of a pretrained BERT-style text encoder
-    # read [visual tokens; query] themselves (modules/text_predictor.py).
-    kind: str = "transformer"
-    llm: str | None = None  # kind=llm: hub id or local dir, e.g. meta-llama/Llama-3.2-1B
-    llm_layers: int = 8  # kind=llm: how many of the LM's last layers (paper: 8)
-    # kind=text / cached_text: the text encoder (sentence-transformers name, hub id or dir);
-    # None: the Y-encoder's own (all-MiniLM-L6-v2 by default)
-    text_model: str | None = None
-    # kind=text: how many of its last layers read [visual; query] (None: all); the layers below
-    # read the query alone, frozen, kept per distinct question
-    text_layers: int | None = None
-    text_train_layers: int | None = None  # kind=text: how many of those train, from the top
-    text_lr_mult: float = 1.0  # kind=text: learning-rate multiplier of the pretrained layers
-    # kind=cached_text: how many of the text encoder's layers make the query states (None: all,
-    # its last hidden states; 0: its token + position embeddings only)
-    text_state_layers: int | None = None
+    A predictor kind is chosen by its config dataclass, one per kind, each holding only the fields
+    that kind reads (timm's one-contract-for-every-model; the Hydra group ``predictor`` selects
+    one). A field a kind does not use is not a field of its config, so setting it is an error
+    (:func:`predictor_config`); so is a ``quant`` the kind cannot run. The implementations, one
+    per kind, are in :mod:`vljepa.predictors`.
+
+    Raises:
+        TypeError: the base class itself is instantiated.
+        ValueError: ``kind`` is not this class's; ``quant`` unknown or not supported by the kind
+            (names the kinds that support it).
+    """
+
+    KIND: ClassVar[str] = ""
+    # quantisation modes this kind runs ("ternary": BitNet b1.58 BitLinear layers, saved packed)
+    QUANT_MODES: ClassVar[tuple[str, ...]] = ("none",)
+
+    kind: str = ""  # filled from the class: saved with the config so a checkpoint names its kind
+    # "none": full precision. "ternary": BitNet b1.58 linear layers (weights in {-1, 0, +1} x a
+    # per-tensor scale, 8-bit activations), saved packed at 2 bits per weight
+    # (vljepa/kernels/bitlinear.py); only the kinds whose QUANT_MODES list it.
+    quant: str = "none"
+
+    def __post_init__(self):
+        if type(self) is PredictorConfig:
+            raise TypeError("PredictorConfig is the base of the per-kind configs: use one of "
+                            f"{[c.__name__ for c in PREDICTOR_CONFIGS.values()]} or "
+                            "predictor_config(kind=...)")
+        if not self.kind:
+            self.kind = self.KIND
+        if self.kind != self.KIND:
+            raise ValueError(f"{type(self).__name__} is predictor kind {self.KIND!r}, "
+                             f"got kind={self.kind!r}; use predictor_config(kind=...)")
+        if self.quant not in QUANT_MODES:
+            raise ValueError(f"predictor.quant must be one of {QUANT_MODES}, got {self.quant!r}")
+        if self.quant not in self.QUANT_MODES:
+            able = [k for k, c in PREDICTOR_CONFIGS.items() if self.quant in c.QUANT_MODES]
+            raise ValueError(f"predictor.quant={self.quant!r} is not supported by predictor kind "
+                             f"{self.kind!r}; the kinds that support it: {able}")
+
+
+@dataclass
+class JointPredictorConfig(PredictorConfig):
+    """Fields of the kinds that read [visual tokens; query tokens] jointly (every kind but
+    "linear"): how the query and the visual tokens are read."""
+
+    max_query_len: int = 24  # query tokens kept, including special tokens
+    # Training only: Gaussian noise on every query state, this many times the state's own
+    # standard deviation (queries.add_query_noise: for unit-scale states, N(0, query_noise^2)
+    # per dimension). It keeps the predictor off the exact wording: a question it has not seen
+    # reads as a noisy version of one it has. NEFTune (Jain et al. 2023) adds noise to input
+    # embeddings in fine-tuning for the same reason. 0: off.
+    query_noise: float = 0.0
+    # Average-pool the visual token grid by this factor before the predictor (1: keep all tokens).
+    # Attention cost grows with the square of the token count; a small grid keeps CPU training fast.
+    visual_pool: int = 1
+    # M > 0: after any pooling, a learned attention pool turns the N visual tokens into M slots
+    # (predictors/visual.VisualSlots), so the joint transformer reads M tokens whatever N is. Its
+    # cost per token is small, so it can read hundreds of narrow early-stage tokens (a stride-4
+    # CNN stage keeps colour that the last stage blurs). 0: the (pooled) tokens themselves.
+    visual_slots: int = 0
+    visual_slot_dim: int | None = None  # width of the slots' per-token features; None: the predictor's
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.query_noise < 0:
+            raise ValueError(f"predictor.query_noise must be >= 0, got {self.query_noise}")
+        if self.max_query_len < 1:
+            raise ValueError(f"predictor.max_query_len must be >= 1, got {self.max_query_len}")
+        if self.visual_pool < 1:
+            raise ValueError(f"predictor.visual_pool must be >= 1, got {self.visual_pool}")
+        if self.visual_slots < 0:
+            raise ValueError(f"predictor.visual_slots must be >= 0, got {self.visual_slots}")
+
+
+@dataclass
+class TransformerPredictorConfig(JointPredictorConfig):
+    """``kind="transformer"``: the VL-JEPA predictor, a small bidirectional transformer over
+    [visual tokens; the Y-encoder's static word vectors of the query] (predictors/transformer.py)."""
+
+    KIND: ClassVar[str] = "transformer"
+    QUANT_MODES: ClassVar[tuple[str, ...]] = QUANT_MODES
 
     width: int = 192  # a narrow bottleneck, as in I-JEPA / V-JEPA predictors
     depth: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    # Training only: Gaussian noise on every query state, this many times the state's own
-    # standard deviation (queries.add_query_noise: for unit-scale states, N(0, query_noise^2)
-    # per dimension). It keeps the predictor off the exact wording: a question it has not seen
-    # reads as a noisy version of one it has. NEFTune (Jain et al. 2023) adds noise to input
-    # embeddings in fine-tuning for the same reason. 0: off. The "linear" kind ignores queries.
-    query_noise: float = 0.0
-    max_query_len: int = 24  # query tokens kept, including special tokens
-    # Average-pool the visual token grid by this factor before the predictor (1: keep all tokens).
-    # Attention cost grows with the square of the token count; a small grid keeps CPU training fast.
-    visual_pool: int = 1
-    # M > 0: after any pooling, a learned attention pool turns the N visual tokens into M slots
-    # (modules/encoders.VisualSlots), so the joint transformer reads M tokens whatever N is. Its
-    # cost per token is small, so it can read hundreds of narrow early-stage tokens (a stride-4
-    # CNN stage keeps colour that the last stage blurs). 0: the (pooled) tokens themselves.
-    visual_slots: int = 0
-    visual_slot_dim: int | None = None  # width of the slots' per-token features; None: ``width``
-    # "none": full precision. "ternary": BitNet b1.58 linear layers (weights in {-1, 0, +1} x a
-    # per-tensor scale, 8-bit activations) in the transformer blocks and input projections,
-    # saved packed at 2 bits per weight; see vljepa/modules/bitlinear.py.
-    quant: str = "none"
+
+
+@dataclass
+class CachedTextPredictorConfig(TransformerPredictorConfig):
+    """``kind="cached_text"``: the "transformer" predictor reading the query as a frozen pretrained
+    text encoder's contextual token states, computed once per distinct question
+    (predictors/queries.ContextualQuery)."""
+
+    KIND: ClassVar[str] = "cached_text"
+
+    # the text encoder (sentence-transformers name, hub id or dir); None: the Y-encoder's own
+    # (all-MiniLM-L6-v2 by default)
+    text_model: str | None = None
+    # how many of the text encoder's layers make the query states (None: all, its last hidden
+    # states; 0: its token + position embeddings only)
+    text_state_layers: int | None = None
+
+
+@dataclass
+class TextPredictorConfig(JointPredictorConfig):
+    """``kind="text"``: the last ``text_layers`` layers of a pretrained BERT-style text encoder
+    read [visual tokens; query] themselves (predictors/text.py); width and heads are the
+    encoder's."""
+
+    KIND: ClassVar[str] = "text"
+
+    text_model: str | None = None  # as CachedTextPredictorConfig.text_model
+    # how many of its last layers read [visual; query] (None: all); the layers below read the
+    # query alone, frozen, kept per distinct question
+    text_layers: int | None = None
+    text_train_layers: int | None = None  # how many of those train, from the top (None: all)
+    text_lr_mult: float = 1.0  # learning-rate multiplier of the pretrained layers
+    dropout: float = 0.0  # replaces the encoder's hidden and attention dropout
+
+
+@dataclass
+class LLMPredictorConfig(JointPredictorConfig):
+    """``kind="llm"``: the paper's predictor, the last ``llm_layers`` layers of the causal LM
+    ``llm`` made bidirectional, reading the query with that LM's tokenizer and token table
+    (predictors/llm.py); width and heads are the LM's."""
+
+    KIND: ClassVar[str] = "llm"
+
+    llm: str | None = None  # hub id or local dir, e.g. meta-llama/Llama-3.2-1B
+    llm_layers: int = 8  # how many of the LM's last layers (paper: 8)
+
+
+@dataclass
+class LinearPredictorConfig(PredictorConfig):
+    """``kind="linear"``: the linear probe baseline (no predictor), a linear map from the
+    X-encoder's pooled feature into the shared space that ignores the query (a CLIP-style
+    alignment trained with the same loss; predictors/linear.py). It has no fields of its own."""
+
+    KIND: ClassVar[str] = "linear"
+
+
+# kind -> its config dataclass: the one table of predictor kinds (vljepa.predictors maps each
+# config class to its implementation)
+PREDICTOR_CONFIGS: dict[str, type[PredictorConfig]] = {
+    c.KIND: c for c in (TransformerPredictorConfig, CachedTextPredictorConfig,
+                        TextPredictorConfig, LLMPredictorConfig, LinearPredictorConfig)}
+
+# The defaults of the flat PredictorConfig that vljepa <= 0.x saved with every kind: a saved
+# config.json lists all of them. Loading drops those a kind does not use while they hold these
+# values (they were never read); any other value is an error (predictor_config).
+LEGACY_PREDICTOR_DEFAULTS: dict[str, Any] = {
+    "llm": None, "llm_layers": 8, "text_model": None, "text_layers": None,
+    "text_train_layers": None, "text_lr_mult": 1.0, "text_state_layers": None, "width": 192,
+    "depth": 2, "heads": 4, "mlp_ratio": 4.0, "dropout": 0.0, "query_noise": 0.0,
+    "max_query_len": 24, "visual_pool": 1, "visual_slots": 0, "visual_slot_dim": None,
+    "quant": "none"}
+
+
+def predictor_config(value: dict[str, Any] | PredictorConfig | None = None,
+                     **fields: Any) -> PredictorConfig:
+    """The config dataclass of a predictor kind, from a dict (e.g. a Hydra node or a saved
+    config.json's ``predictor``) or keyword fields; ``kind`` selects the dataclass (default
+    "transformer"). A config instance passes through.
+
+    A field the kind does not read is an error naming the kind and the fields it reads, except
+    in a config saved by an older vljepa (every field of the former flat config at its default
+    value, :data:`LEGACY_PREDICTOR_DEFAULTS`), where such fields are dropped.
+
+    Raises:
+        ValueError: an unknown kind (names the kinds), a field the kind does not read, or an
+            invalid value (see the kind's dataclass).
+    """
+    if isinstance(value, PredictorConfig):
+        if fields:
+            raise ValueError("pass either a predictor config or fields, not both")
+        return value
+    d = {**dict(value or {}), **fields}
+    kind = d.get("kind") or "transformer"
+    if kind not in PREDICTOR_CONFIGS:
+        raise ValueError(f"unknown predictor kind {kind!r}; use one of {sorted(PREDICTOR_CONFIGS)}")
+    cls = PREDICTOR_CONFIGS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unused = {k: v for k, v in d.items() if k not in names}
+    if unused and set(d) >= set(LEGACY_PREDICTOR_DEFAULTS):  # a flat config saved by vljepa 0.x
+        unused = {k: v for k, v in unused.items()
+                  if k not in LEGACY_PREDICTOR_DEFAULTS or v != LEGACY_PREDICTOR_DEFAULTS[k]}
+        d = {k: v for k, v in d.items() if k in names}
+    if unused:
+        raise ValueError(
+            f"predictor kind {kind!r} does not use {', '.join(f'{k}={v!r}' for k, v in unused.items())}"
+            f"; it reads {sorted(names - {'kind'})}. Choose the kind with its config group "
+            f"(python train.py predictor={kind}) rather than by setting predictor.kind alone")
+    d["kind"] = kind
+    return cls(**d)
 
 
 @dataclass
@@ -130,7 +280,7 @@ class LossConfig:
 @dataclass
 class YDecoderConfig:
     """The light text decoder that turns a shared-space embedding back into text (paper §3,
-    "Y-decoder"; vljepa/modules/y_decoder.py). Trained on text alone to invert the Y-encoder +
+    "Y-decoder"; vljepa/decoders/y_decoder.py). Trained on text alone to invert the Y-encoder +
     head."""
 
     width: int = 256
@@ -152,7 +302,7 @@ class ModelConfig:
 
     x_encoder: XEncoderConfig = field(default_factory=XEncoderConfig)
     y_encoder: YEncoderConfig = field(default_factory=YEncoderConfig)
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    predictor: PredictorConfig = field(default_factory=TransformerPredictorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     embed_dim: int = 256  # dimension D of the shared embedding space
     # The query embed_image() predicts with; None: query-free, as the caption-pretrained
@@ -168,12 +318,13 @@ class ModelConfig:
         """Build from a (possibly partial) nested dict; unknown keys are an error naming them."""
         if isinstance(d, ModelConfig):
             return d
-        subs = {"x_encoder": XEncoderConfig, "y_encoder": YEncoderConfig,
-                "predictor": PredictorConfig, "loss": LossConfig}
+        subs = {"x_encoder": XEncoderConfig, "y_encoder": YEncoderConfig, "loss": LossConfig}
         kwargs: dict[str, Any] = {}
         for key, value in dict(d).items():
             if key in subs:
                 kwargs[key] = build_dataclass(subs[key], value, key)
+            elif key == "predictor":
+                kwargs[key] = predictor_config(value)
             elif key == "y_decoder":
                 kwargs[key] = None if value is None else build_dataclass(YDecoderConfig, value, key)
             elif key == "embed_dim":
@@ -284,9 +435,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "y_encoder": {"name": "google/embeddinggemma-300m", "trainable": True, "lr_mult": 0.05,
                       "max_length": 64},
         "predictor": {"kind": "llm", "llm": "meta-llama/Llama-3.2-1B", "llm_layers": 8,
-                      "max_query_len": 64,
-                      # informational: the LM's own sizes are used
-                      "width": 2048, "depth": 8, "heads": 32},
+                      "max_query_len": 64},
         "embed_dim": 1536,
     },
 }
@@ -298,7 +447,9 @@ def named_config(name: str) -> ModelConfig:
     Raises ValueError naming the known configs for an unknown name."""
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown model config {name!r}; named configs: {sorted(NAMED_CONFIGS)}")
-    return ModelConfig.from_dict(merge(ModelConfig().to_dict(), NAMED_CONFIGS[name]))
+    d = merge(ModelConfig().to_dict(), NAMED_CONFIGS[name])
+    d["predictor"] = dict(NAMED_CONFIGS[name].get("predictor", {}))  # on its own kind's defaults
+    return ModelConfig.from_dict(d)
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

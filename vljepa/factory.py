@@ -17,7 +17,7 @@ from . import hub
 from .baseline import VLMBaseline
 from .config import NAMED_CONFIGS, ModelConfig, YEncoderConfig, check_config, merge, named_config
 from .model import VLJEPA
-from .modules.encoders import TextTokenizer
+from .encoders import TextTokenizer
 from .quantize import init_from_full_precision
 
 if TYPE_CHECKING:
@@ -40,13 +40,17 @@ def create_model(config: str | ModelConfig | dict | None = None, **overrides: An
             a :class:`ModelConfig`, or a nested dict (e.g. a Hydra node) of the fields that
             differ from the dataclass defaults (:class:`ModelConfig`). None: ``"lite"``.
         overrides: fields merged into the config, nested dicts key by key, e.g.
-            ``create_model("lite", predictor={"depth": 4})``.
+            ``create_model("lite", predictor={"depth": 4})``; a predictor of another kind
+            starts from that kind's defaults (``predictor={"kind": "linear"}``).
     Raises:
         ValueError: an unknown config name or config key (names it).
     """
     if config is None or isinstance(config, str):
         config = named_config(config or "lite")
     cfg = ModelConfig.from_dict(config or {}).to_dict()
+    new_kind = (overrides.get("predictor") or {}).get("kind")
+    if new_kind and new_kind != cfg["predictor"]["kind"]:
+        cfg["predictor"] = {"kind": new_kind}  # another kind starts from its own defaults
     return VLJEPA(ModelConfig.from_dict(merge(cfg, overrides)))
 
 
@@ -63,7 +67,7 @@ def load(name_or_path: str | os.PathLike, map_location: str = "cpu", lean: bool 
     ``fallback`` as :func:`vljepa.serving.load_serving`).
 
     A ternary model from a directory stays packed in memory (2 bits per weight, multiplied as
-    stored by the int8 x 2-bit kernel of :mod:`vljepa.modules.ternary_kernel`), so it serves
+    stored by the int8 x 2-bit kernel of :mod:`vljepa.kernels.ternary_gemm`), so it serves
     but cannot train; a ternary ``.ckpt`` loads in its
     trainable (latent, fp32) state.
 

@@ -7,7 +7,11 @@ encoders it was trained with and its saved answers; ``model.safetensors`` holds 
 tensors only. A Lightning ``.ckpt`` from ``train.py`` reads into the same pair (meta, tensors), so
 one loader per format serves both (:func:`vljepa.factory.load` keeps the table).
 
-This module knows files, not models: it imports nothing else of vljepa.
+This is the one module of persistence: the file layer (names, atomic writes, reading and writing
+the pair, hub ids, the model card's text) and :class:`PretrainedMixin`, which gives a VL-JEPA its
+``save_pretrained`` / ``from_saved`` / ``from_pretrained`` / ``push_to_hub`` and its card (as
+huggingface_hub's ``ModelHubMixin`` does). It knows models only through that mixin, which needs
+the config dataclasses and the ternary packing, never the network's own module.
 """
 from __future__ import annotations
 
@@ -19,6 +23,10 @@ from typing import Any, Callable
 
 import torch
 
+from .config import ModelConfig
+from .kernels.bitlinear import check_packed_state, export_state_dict, to_packed
+from .version import __version__
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"  # the model card, as the Hub renders it
@@ -28,14 +36,20 @@ SERVING_CONFIG_NAME = "serving.json"
 SERVING_WEIGHTS_NAME = "serving.safetensors"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any],
+                 durable: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary file in ``path``'s directory, then rename it to
     ``path``: a reader never sees a half-written file, and a failure leaves the old one intact.
+    The one atomic write of vljepa: saved models, serving bundles, cache shards, checkpoints.
 
-    The file gets the ordinary mode (0666 minus the umask), not mkstemp's 0600.
+    The temporary file is ``.<name>.tmp-<pid>-<random>``, so a later run can tell a killed
+    writer's leftovers (:func:`vljepa.training.checkpointing.remove_stale_temps`). The file gets
+    the ordinary mode (0666 minus the umask), not mkstemp's 0600. ``durable=True`` also fsyncs
+    the file before the rename and the directory after it, so the new file survives a power
+    loss (checkpoints).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -43,12 +57,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         write(tmp)
         # mkstemp makes 0600 (and safetensors may recreate the file): saved files are ordinary
         os.chmod(tmp, 0o666 & ~umask)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def hub_error(what: str, name: str, err: Exception) -> RuntimeError:
@@ -109,7 +145,7 @@ def write_pretrained(directory: str | os.PathLike, meta: dict[str, Any],
     return d
 
 
-def model_card(title: str, summary: str, facts: dict[str, str], card: dict[str, Any],
+def render_card(title: str, summary: str, facts: dict[str, str], card: dict[str, Any],
                usage: str) -> str:
     """A model card (README.md) as the Hugging Face Hub renders it: YAML metadata (library
     name, tags, datasets, metrics; huggingface_hub's ``ModelCardData``) and a body with
@@ -219,3 +255,117 @@ def read_any(name_or_path: str | os.PathLike, map_location: str = "cpu"
         return (*read_checkpoint(path, map_location), repr(str(path)))
     meta, state = read_pretrained(path, map_location)
     return meta, state, repr(str(path / WEIGHTS_NAME))
+
+
+# ---- a VL-JEPA's persistence: config.json + model.safetensors + README.md ----
+
+class PretrainedMixin:
+    """``save_pretrained``, ``from_saved``, ``from_pretrained``, ``push_to_hub`` and the model
+    card of :class:`vljepa.model.VLJEPA` (which provides ``config``, ``predictor``,
+    ``x_encoder``, ``y_encoder``, ``y_decoder``, ``answers``, ``card``, ``trained_state_dict``
+    and ``load_trained``)."""
+
+    FORMAT = "vljepa/1"  # config.json's "format": which loader reads a saved model
+
+    def save_pretrained(self, directory: str | os.PathLike, *, name: str | None = None) -> Path:
+        """Write ``config.json`` (the config, the encoders' fingerprints, the saved answers) and
+        ``model.safetensors`` (:meth:`trained_state_dict`) to ``directory``, atomically.
+
+        A ternary model (``predictor.quant="ternary"``) is written packed: 2 bits per BitLinear
+        weight plus a scale, its other predictor tensors in float16 (see
+        :func:`vljepa.kernels.bitlinear.export_state_dict`). The model itself is left as it is.
+        ``name`` titles the model card (a hub repo id when pushed; default: the directory's
+        name). Returns the directory.
+        """
+        y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
+        meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
+                "y_encoder_fingerprint": y_fingerprint,
+                "predictor_fingerprint": self.predictor.fingerprint, "answers": self.answers,
+                "card": self.card, "format": self.FORMAT, "vljepa_version": __version__}
+        state = self.trained_state_dict()
+        if self.config.predictor.quant == "ternary":
+            state = export_state_dict(self, state)
+        card = self.model_card(name or Path(directory).resolve().name, state)
+        return write_pretrained(directory, meta, state, card)
+
+    def model_card(self, name: str, state: dict[str, torch.Tensor]) -> str:
+        """The README.md written beside the weights (see :func:`render_card`)."""
+        c = self.config
+        trained = sum(v.numel() for v in state.values())
+        facts = {
+            "X-encoder (frozen, not stored)": f"{c.x_encoder.backend} `{c.x_encoder.name}`, "
+                                              f"weights `{c.x_encoder.weights}`",
+            "Y-encoder": f"{c.y_encoder.backend} `{c.y_encoder.name}` "
+                         f"({'trained' if c.y_encoder.trainable else 'frozen, not stored'})",
+            "Predictor": self.predictor.describe(),
+            "Shared space": f"D = {c.embed_dim}",
+            "Trained tensors": f"{trained:,} values in model.safetensors",
+            "Answer vocabulary": f"{len(self.answers)} answers" if self.answers else "none",
+            "Y-decoder": "yes" if self.y_decoder is not None else "no",
+        }
+        summary = ("A VL-JEPA (arXiv 2512.10942): it predicts the *embedding* of the answer "
+                   "from an image and a question, and answers, classifies and retrieves by the "
+                   f"nearest candidate text. Saved by vljepa {__version__}.")
+        usage = (f"import vljepa\nmodel = vljepa.load({name!r})   # a directory or hub repo id"
+                 "\nanswers, scores = model.answer(images, questions)")
+        return render_card(name.rsplit("/", 1)[-1], summary, facts, self.card, usage)
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Upload this model (``save_pretrained``'s files) to a Hugging Face Hub repo; load it
+        back with ``vljepa.load(repo_id)``. Keyword arguments as
+        :func:`push_to_hub` (private, token, revision, commit_message, create_pr)."""
+        return push_to_hub(self, repo_id, **kw)
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], state: dict[str, torch.Tensor], source: str,
+                   map_location: str = "cpu") -> PretrainedMixin:
+        """Rebuild a model from what :mod:`vljepa.hub` read (config.json or a ``.ckpt``'s
+        hyper-parameters, and the trained tensors); in eval mode.
+
+        Ternary weights that arrive packed stay packed (2 bits per weight, each layer unpacked
+        on the fly: it serves but cannot train); latent ones (a ``.ckpt``) stay trainable.
+
+        Raises:
+            ValueError: ``meta`` has no model config; the tensors do not fit it; or the X- or
+                Y-encoder built here is not the one the checkpoint names (says which).
+        """
+        if "model" not in meta:
+            raise ValueError(f"{source} is not a vljepa config (no 'model' key)")
+        model = cls(ModelConfig.from_dict(meta["model"]))
+        found = model.x_encoder.fingerprint
+        if meta.get("x_encoder_fingerprint") not in (None, found):
+            raise ValueError(
+                f"the X-encoder built here ({model.config.x_encoder.name}, fingerprint {found}) is "
+                f"not the one {source} was trained with (fingerprint "
+                f"{meta['x_encoder_fingerprint']}): its weights, version or preprocessing differ")
+        if meta.get("y_encoder_fingerprint") is not None:
+            found = model.y_encoder.fingerprint
+            if found != meta["y_encoder_fingerprint"]:
+                raise ValueError(
+                    f"the Y-encoder built here ({model.config.y_encoder.name}, fingerprint "
+                    f"{found}) is not the one {source} was trained with (fingerprint "
+                    f"{meta['y_encoder_fingerprint']}): its weights or version differ")
+        if meta.get("predictor_fingerprint") not in (None, model.predictor.fingerprint):
+            raise ValueError(
+                f"the pretrained weights of the predictor built here "
+                f"({model.predictor.describe()}, "
+                f"fingerprint {model.predictor.fingerprint}) is not the one {source} was trained "
+                f"with (fingerprint {meta['predictor_fingerprint']}): its weights or version differ")
+        if any(k.endswith(".weight_packed") for k in state):
+            to_packed(model.predictor)  # drop the fp32 latent weights before the packed arrive
+            check_packed_state(model, state, source)
+        model.load_trained(state, source)
+        model.answers = meta.get("answers")
+        model.card = dict(meta.get("card") or {})
+        return model.to(map_location).eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, map_location: str = "cpu"
+                        ) -> PretrainedMixin:
+        """A saved VL-JEPA (directory, ``.ckpt`` or hub repo id), as :func:`vljepa.load`; raises
+        ValueError if the file holds another kind of model (use :func:`vljepa.load`)."""
+        meta, state, source = read_any(name_or_path, map_location)
+        if meta.get("format", cls.FORMAT) != cls.FORMAT:
+            raise ValueError(f"{source} holds a {meta['format']!r} model, not a VL-JEPA; "
+                             "load it with vljepa.load")
+        return cls.from_saved(meta, state, source, map_location)

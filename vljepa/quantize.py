@@ -2,9 +2,9 @@
 fine-tune.
 
 A ternary VL-JEPA (``predictor.quant="ternary"``) has the same sizes as its full-precision twin;
-its transformer blocks are :class:`vljepa.modules.bitlinear.TernaryBlock` instead of
-``nn.TransformerEncoderLayer``. The tensors are the same with other names, so converting is a
-rename plus a copy; the BitLinear layers quantise their (latent, fp32) weights on the fly, and
+its transformer blocks are :class:`vljepa.kernels.bitlinear.TernaryBlock` instead of
+``nn.TransformerEncoderLayer``. The tensors are the same with other names (the kind's
+``ternary_state`` renames them), so converting is a rename plus a copy; the BitLinear layers quantise their (latent, fp32) weights on the fly, and
 ``save_pretrained`` writes them packed at 2 bits.
 
     tern = vljepa.quantize(vljepa.load("checkpoints/<run>/model"))   # or: vljepa quantize SRC DST
@@ -14,27 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from .config import config_diff
+from .kernels.bitlinear import bit_linears
 from .model import VLJEPA
-from .modules.bitlinear import bit_linears
-
-# nn.TransformerEncoderLayer parameter names -> TernaryBlock names (same tensors, same layout:
-# nn.MultiheadAttention's in_proj stacks q, k, v along the output dim, as TernaryBlock.qkv does).
-_RENAMES = (("self_attn.in_proj_weight", "qkv.weight"), ("self_attn.in_proj_bias", "qkv.bias"),
-            ("self_attn.out_proj.", "proj."), ("linear1.", "fc1."), ("linear2.", "fc2."))
-
-
-def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a full-precision model's trained tensors to a ternary model's (latent) names."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("predictor.blocks.layers."):
-            for old, new in _RENAMES:
-                key = key.replace(old, new)
-        out[key] = value
-    return out
+from .predictors import predictor_class
 
 
 def init_from_full_precision(model: VLJEPA, fp_model: VLJEPA) -> VLJEPA:
@@ -54,7 +37,7 @@ def init_from_full_precision(model: VLJEPA, fp_model: VLJEPA) -> VLJEPA:
         raise ValueError(f"full-precision model differs from the ternary config: {'; '.join(diff)}")
     if any(m.packed for m in bit_linears(model).values()):
         raise ValueError("the ternary model is packed (inference only); build a new one to train")
-    state = convert_state_dict(fp_model.trained_state_dict())
+    state = predictor_class(model.config.predictor).ternary_state(fp_model.trained_state_dict())
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = ("x_encoder.", "y_encoder.")
     missing = [k for k in missing if not k.startswith(frozen) and ".norm." not in k]
@@ -73,6 +56,7 @@ def quantize(fp_model: VLJEPA) -> VLJEPA:
     if fp_model.config.predictor.quant != "none":
         raise ValueError(f"quantize takes a predictor.quant='none' model, got "
                          f"{fp_model.config.predictor.quant!r}")
+    # ValueError from the kind's config when it cannot be quantised (names the kinds that can)
     cfg = dataclasses.replace(fp_model.config, predictor=dataclasses.replace(
         fp_model.config.predictor, quant="ternary"))
     model = init_from_full_precision(VLJEPA(cfg), fp_model).to(fp_model.device)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .modules.y_decoder import check_embeddings
+from .decoders.y_decoder import check_embeddings
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..hub import atomic_write
 from ..inputs import load_image
 
 
@@ -92,17 +93,12 @@ class FeatureCache:
 
     def write_shard(self, keys: list[str], tokens: torch.Tensor) -> None:
         """Store visual tokens (n, N, Dx) of n keys as one new shard (float16, with its
-        checksum), atomically: a temporary file in the cache directory, renamed when complete."""
+        checksum), atomically (:func:`vljepa.hub.atomic_write`: a hidden temporary file in the
+        cache directory, renamed when complete; the index never lists a hidden file)."""
         path = self.dir / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
-        tmp = path.with_name("." + path.name + ".tmp")
         tokens = tokens.to(torch.float16).contiguous()
-        try:
-            save_file({"tokens": tokens}, str(tmp),
-                      metadata={"keys": json.dumps(keys), "sha256": _digest(tokens)})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        metadata = {"keys": json.dumps(keys), "sha256": _digest(tokens)}
+        atomic_write(path, lambda tmp: save_file({"tokens": tokens}, tmp, metadata=metadata))
 
     def compute(self, images: dict[str, Any], encode: Callable[[torch.Tensor], torch.Tensor],
                 transform: Callable, batch_size: int = 64, shard_size: int = 512,

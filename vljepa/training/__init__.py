@@ -2,9 +2,11 @@
 
     features.py     datasets over the feature cache (what a batch holds)
     datamodules.py  LightningDataModules: one base that declares what every datamodule provides
-    modules.py      LightningModules: LitVLJEPA, LitVLMBaseline, LitYDecoder; one schedule
+    lightning_modules.py  LightningModules: LitVLJEPA, LitVLMBaseline, LitYDecoder; one schedule
     extract.py      X-encoder feature extraction at scale (Lightning predict)
-    configs.py      the library's named model configs, registered for Hydra
+    chunks.py       litdata chunks: conversion (python -m) and ChunkDataModule
+    checkpointing.py  atomic checkpoint writes, exact mid-epoch resume
+    configs.py      the library's configs (named models, predictor kinds), registered for Hydra
 
 ``python train.py`` composes ``configs/`` with Hydra and instantiates these.
 """

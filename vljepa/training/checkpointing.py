@@ -14,7 +14,7 @@ adds the three things Lightning leaves out:
     otherwise (a tmpfs ``/tmp``, checkpoints on NFS or a mounted volume) it is a copy, and a kill
     during the copy leaves a truncated ``last.ckpt``. Nothing is fsync'ed either, and a kill
     before the move leaves a checkpoint-sized orphan in ``/tmp``. This plugin writes
-    ``.<name>.tmp-<pid>`` in the checkpoint's own directory, fsyncs it, ``os.replace``\\ s it over
+    ``.<name>.tmp-<pid>-*`` in the checkpoint's own directory (:func:`vljepa.hub.atomic_write`), fsyncs it, ``os.replace``\\ s it over
     the target and fsyncs the directory (POSIX rename is atomic), so ``last.ckpt`` is at every
     instant either the previous or the next complete checkpoint. Remote URLs (``s3://`` ...)
     go to Lightning's own save, whose single-object PUT is atomic.
@@ -44,42 +44,25 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..hub import atomic_write
+
 # Adam-like optimisers keep two moments per trained parameter: weights + 2 moments, 4 bytes each
 BYTES_PER_TRAINED_PARAM = 12
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a temporary file in ``path``'s directory: fsync, then
-    ``os.replace`` (atomic on POSIX). On any failure the temporary file is removed and the old
-    ``path`` is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """``torch.save(obj, path)`` through :func:`vljepa.hub.atomic_write` (durable: fsync, then
+    ``os.replace``, atomic on POSIX, then fsync of the directory). The object is serialised
+    first, so a failure in pickling writes nothing; on any failure the temporary file is
+    removed and the old ``path`` is untouched."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            buf = io.BytesIO()
-            torch.save(obj, buf)  # serialise first: a failure in pickling writes nothing
             f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    atomic_write(path, write, durable=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -148,12 +131,12 @@ class ExactResume(L.Callback):
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files (``.<name>.tmp-<pid>``) that :func:`atomic_torch_save` left in
+    """Delete the temporary files (``.<name>.tmp-<pid>-*``) that :func:`atomic_torch_save` left in
     ``directory`` when its process was killed mid-write (the pid is no longer alive on this
     machine). Returns the files removed."""
     removed = []
     for tmp in Path(directory).glob(".*.tmp-*"):
-        pid = tmp.name.rpartition(".tmp-")[2]
+        pid = tmp.name.rpartition(".tmp-")[2].partition("-")[0]  # .<name>.tmp-<pid>-<random>
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

@@ -5,7 +5,7 @@
       ──litdata.optimize──► <out>/{train,val,test}/ chunks + <out>/vljepa.json
           one item per row: visual tokens (N, Dx) float16, query token ids, answer id,
           question-type id, caption flag
-      ──StreamingDataset / StreamingDataLoader (LitDataModule)──► training batches
+      ──StreamingDataset / StreamingDataLoader (ChunkDataModule)──► training batches
 
 The output directory is a local path or an object-storage URI (``s3://``, ``gs://``,
 ``azure://``): litdata writes and streams both, by the same code. ``vljepa.json`` holds what
@@ -135,7 +135,7 @@ def convert(model: VLJEPA, data: FeatureDataModule, output_dir: str | os.PathLik
     return counts
 
 
-class LitDataModule(FeatureDataModule):
+class ChunkDataModule(FeatureDataModule):
     """Trains from litdata chunks made by :func:`convert`, streamed with litdata's
     ``StreamingDataset`` / ``StreamingDataLoader``.
 

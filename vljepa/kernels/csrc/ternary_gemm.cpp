@@ -1,6 +1,6 @@
 // int8 activations x packed 2-bit ternary weights on x86 AVX2: Y = Q8(X) @ (codes * scale)^T + b.
 //
-// The weights are read as they are stored (vljepa.modules.bitlinear.pack_ternary): the (N, K)
+// The weights are read as they are stored (vljepa.kernels.bitlinear.pack_ternary): the (N, K)
 // weight flattened row-major, code c = w + 1 in {0, 1, 2}, four codes per byte, lowest bits
 // first. So byte j of a row holds k = 4j .. 4j+3. Instead of moving weight bits around, the
 // caller permutes the (small) int8 activations once per call: within each block of 128 inputs,
@@ -340,7 +340,7 @@ torch::Tensor ternary_gemm(torch::Tensor xq, torch::Tensor xsum, torch::Tensor x
 }
 
 // x: (M, K) fp32 contiguous -> the int8 inputs of ternary_gemm, quantised exactly as
-// vljepa.modules.bitlinear.quantize_activations does (s = 127 / max(max|x|, 1e-5) in float32,
+// vljepa.kernels.bitlinear.quantize_activations does (s = 127 / max(max|x|, 1e-5) in float32,
 // computed as torch does it, (1 / max(max|x|, 1e-5)) * 127,
 // q = clamp(round_half_even(x * s), -128, 127)), permuted per 128-block, zero past K.
 // Into xq (M, Kp) int8 (any contents), xsum (M,) int32, xscale (M,) fp32.

@@ -18,7 +18,7 @@ Two states of :class:`BitLinear`:
   packed (inference, after :func:`vljepa.load`): a uint8 ``weight_packed`` buffer, four 2-bit
   codes per byte, and an fp32 ``weight_scale``. Without autograd (``torch.no_grad`` /
   ``inference_mode``, or an input that needs no gradient) the forward runs the compiled int8 x
-  2-bit kernel of :mod:`vljepa.modules.ternary_kernel` on the packed bytes (bitnet.cpp's I2_S
+  2-bit kernel of :mod:`vljepa.kernels.ternary_gemm` on the packed bytes (bitnet.cpp's I2_S
   scheme); otherwise, or where that kernel is unavailable, it unpacks the layer's weight, uses
   it and drops it. Either way only the packed bytes stay resident. The unpacking path gives
   outputs bit-identical to the latent state; the kernel's differ by float32 rounding only
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ternary_kernel
+from . import ternary_gemm
 
 EPS = 1e-5  # floor for the weight and activation scales: an all-zero tensor stays zero
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
@@ -143,9 +143,9 @@ class BitLinear(nn.Linear):
         if self.norm is not None:
             x = self.norm(x)
         if self.packed and not (torch.is_grad_enabled() and x.requires_grad) \
-                and ternary_kernel.use_kernel(x):
+                and ternary_gemm.use_kernel(x):
             # packing validated by to_packed / check_packed_state on load
-            return ternary_kernel._kernel_linear(x, self.weight_packed, *self.weight_shape,
+            return ternary_gemm._kernel_linear(x, self.weight_packed, *self.weight_shape,
                                                  self.weight_scale, self.bias)
         x = _ste(x, quantize_activations(x))
         return F.linear(x, self.dequantized_weight(), self.bias)

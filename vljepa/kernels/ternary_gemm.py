@@ -6,7 +6,7 @@ on x86: activations quantised to int8 per token (absmax), weights kept at 2 bits
 codes times the signed activations, and ``sum_k w x = sum_k c x - sum_k x``.
 
 The kernel (``csrc/ternary_gemm.cpp``) reads the checkpoint's packing as it is
-(:func:`vljepa.modules.bitlinear.pack_ternary`), so a packed layer holds no second copy. It is
+(:func:`vljepa.kernels.bitlinear.pack_ternary`), so a packed layer holds no second copy. It is
 compiled on first use with ``torch.utils.cpp_extension.load`` (g++ and ninja; cached by torch
 under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``). Where that cannot work -- no
 compiler, a CPU without AVX2, a failed build, or ``VLJEPA_NO_KERNEL=1`` in the environment --
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-5  # as vljepa.modules.bitlinear.EPS: floor of the activation scale
+EPS = 1e-5  # as vljepa.kernels.bitlinear.EPS: floor of the activation scale
 BLOCK = 128  # inputs per kernel block; K is padded to a multiple of it on the activation side
 _SRC = Path(__file__).resolve().parent / "csrc" / "ternary_gemm.cpp"
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)

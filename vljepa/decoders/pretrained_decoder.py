@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .queries import load_text_encoder
+from ..encoders.text_backbone import load_text_encoder
 from .text_decoder import CausalTextDecoder
 
 

@@ -4,9 +4,9 @@ VL-JEPA answers discriminative questions without text; the Y-decoder is only cal
 needed (captions, open answers, the selective decoding of streams in vljepa/selective.py):
 
     Ŝ_Y or S_Y (B, D) ──unit norm──► linear ──► P prefix vectors (B, P, W)
-    prefix ──► causal text decoder (vljepa/modules/text_decoder.py) ──► "[BOS] text [EOS]"
+    prefix ──► causal text decoder (vljepa/decoders/text_decoder.py) ──► "[BOS] text [EOS]"
 
-It trains on text (vljepa/training/modules.py, LitYDecoder): texts t go through the frozen
+It trains on text (vljepa/training/lightning_modules.py, LitYDecoder): texts t go through the frozen
 Y-encoder and head, and the decoder learns ``decode(S_Y(t)) ≈ t``, so any text corpus serves.
 Predicted embeddings Ŝ_Y live in the same space but near, not on, their targets, so the corpus
 can also hold the frozen model's own predictions on training images paired with their answers
@@ -31,7 +31,7 @@ class YDecoder(nn.Module):
 
     Args:
         config: :class:`vljepa.config.YDecoderConfig` (sizes, prefix length, output vocabulary).
-        y_encoder: the model's :class:`vljepa.modules.encoders.YEncoder`; only its tokenizer and frozen
+        y_encoder: the model's :class:`vljepa.encoders.YEncoder`; only its tokenizer and frozen
             token table are used (not owned: not saved with the decoder).
         embed_dim: D, the shared space's width.
     """

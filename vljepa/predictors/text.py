@@ -16,48 +16,56 @@ The frozen parts (token table, position embeddings, the lower layers) are non-pe
 buffers: not trained, not saved, re-read from the pretrained encoder when a model is loaded and
 checked by fingerprint, as the frozen X- and Y-encoders are. The cheaper option for small CPUs,
 ``kind="cached_text"`` (the small predictor over the frozen encoder's contextual states), is
-:class:`vljepa.modules.queries.ContextualQuery` feeding :class:`vljepa.modules.predictor.Predictor`.
+:class:`vljepa.predictors.queries.ContextualQuery` feeding :class:`vljepa.predictors.transformer.Predictor`.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..config import PredictorConfig
-from .encoders import XEncoder, YEncoder, pool_tokens, pooled_grid, visual_slots
-from .queries import (QueryStates, bert_tokenize, freeze_unsaved, load_text_encoder, run_layers,
-                      weights_fingerprint)
+from ..config import TextPredictorConfig
+from ..encoders.text_backbone import load_text_encoder, run_layers
+from ..encoders.weights import freeze_unsaved, weights_fingerprint
+from .base import JointPredictor, PredictorDims, masked_mean
+from .queries import QueryStates, bert_tokenize
 
 
-class TextPredictor(nn.Module):
+class TextPredictor(JointPredictor):
     """``kind="text"``: the last ``cfg.text_layers`` layers of a pretrained text encoder read
     [visual tokens; query] bidirectionally (see the module docstring).
 
     Args:
-        cfg: ``text_model`` (None: the Y-encoder's, read again from its package: these layers
-            train, the Y-encoder's stay as they are), ``text_layers`` (None: all),
-            ``text_train_layers`` (how many of those, from the top, train; None: all),
-            ``text_lr_mult``, ``max_query_len``, ``visual_pool``, ``visual_slots``, ``dropout``.
+        cfg: ``text_model`` (a sentence-transformers name, hub id or dir; None: the Y-encoder's,
+            given by :meth:`from_encoders` as ``text_model`` -- read again from its package:
+            these layers train, the Y-encoder's stay as they are), ``text_layers``
+            (None: all), ``text_train_layers`` (how many of those, from the top, train; None:
+            all), ``text_lr_mult``, ``max_query_len``, visual pooling and slots, ``dropout``.
             Width and heads are the text encoder's.
-        x_encoder: gives Dx, N (before pooling) and the CNN token grid (h, w).
-        y_encoder: names the default text encoder.
-        embed_dim: D, the shared space.
+        dims: Dx, N, the grid and D (``query_dim`` is the encoder's width, not needed).
+        query: unused (this kind reads the query with its own lower layers).
+        text_model: the encoder to load when ``cfg.text_model`` is None (the network passes the
+            Y-encoder's sentence-transformers name).
     Raises:
-        ValueError: ``text_layers`` / ``text_train_layers`` out of range, ``visual_pool > 1``
-            without a grid, or a non-BERT-style text encoder. RuntimeError: it cannot be loaded.
+        ValueError: no text model; ``text_layers`` / ``text_train_layers`` out of range,
+            ``visual_pool > 1`` without a grid, or a non-BERT-style text encoder.
+        RuntimeError: it cannot be loaded.
     """
 
-    def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: YEncoder,
-                 embed_dim: int):
-        super().__init__()
-        visual_dim, num_visual_tokens, grid = x_encoder.dim, x_encoder.num_tokens, x_encoder.grid
-        name = cfg.text_model or (y_encoder.cfg.name
-                                  if y_encoder.cfg.backend == "sentence-transformers" else None)
+    Config = TextPredictorConfig
+    query_form = "cached_states"
+
+    def __init__(self, cfg: TextPredictorConfig, dims: PredictorDims, query=None,
+                 text_model: str | None = None):
+        super().__init__(cfg, dims, None)
+        name = cfg.text_model or text_model
         if not name:
             raise ValueError("predictor.kind=text needs predictor.text_model (the Y-encoder is "
                              "not a sentence-transformers model)")
-        if cfg.visual_pool > 1 and grid is None:
+        if cfg.visual_pool > 1 and dims.grid is None:
             raise ValueError("predictor.visual_pool > 1 needs an X-encoder with a token grid")
+        self.text_model = name
         encoder, self.tokenizer = load_text_encoder(name, cfg.dropout)
         layers = list(encoder.encoder.layer)
         depth = len(layers)
@@ -68,7 +76,6 @@ class TextPredictor(nn.Module):
         if not 0 <= n_train <= n:
             raise ValueError(f"predictor.text_train_layers must be in 0..{n} (text_layers), "
                              f"got {n_train}")
-        self.cfg, self.grid = cfg, grid
         self.lr_mults = {"layers.": cfg.text_lr_mult}  # the pretrained layers' learning rate
         # The lower layers see the query alone, as in pretraining, and never change: memoised.
         self.query_states = QueryStates(encoder.embeddings, layers[:depth - n],
@@ -78,21 +85,28 @@ class TextPredictor(nn.Module):
             freeze_unsaved(layer)
         # what is re-read from the package, not saved: checked against the checkpoint's record
         frozen = nn.ModuleList([self.query_states, *self.layers[:n - n_train]])
-        self.fingerprint = weights_fingerprint(name, frozen)
+        self._fingerprint = weights_fingerprint(name, frozen)
         self.width = W = encoder.config.hidden_size
-        if cfg.visual_pool > 1:
-            h, w = pooled_grid(grid, cfg.visual_pool)
-            num_visual_tokens = h * w
-        self.slots, visual_dim, num_visual_tokens = visual_slots(cfg, visual_dim,
-                                                                 num_visual_tokens)
-        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, W))
+        num_visual = self.init_visual(cfg, dims, W)
         # the text encoder's position table covers the query; the visual tokens learn their own
-        self.visual_pos = nn.Parameter(torch.zeros(1, num_visual_tokens, W))
+        self.visual_pos = nn.Parameter(torch.zeros(1, num_visual, W))
         nn.init.trunc_normal_(self.visual_pos, std=0.02)
-        self.head = nn.Linear(W, embed_dim)
+        self.head = nn.Linear(W, dims.embed_dim)
         del encoder  # its pooler (and any unused part) is dropped
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def from_encoders(cls, cfg: TextPredictorConfig, dims: PredictorDims,
+                      y_encoder: nn.Module | None) -> TextPredictor:
+        """The query goes through this predictor's own frozen lower layers; the Y-encoder only
+        names the default text encoder (its sentence-transformers model)."""
+        st = y_encoder is not None and y_encoder.cfg.backend == "sentence-transformers"
+        return cls(cfg, dims, None, text_model=y_encoder.cfg.name if st else None)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Questions -> (ids (B, L) int64, mask (B, L) bool) with the text encoder's tokenizer,
         L <= max_query_len."""
         return bert_tokenize(self.tokenizer, texts, self.cfg.max_query_len)
@@ -101,34 +115,15 @@ class TextPredictor(nn.Module):
         """ids (B, L) -> frozen query states (B, L, W): embeddings + the lower layers, memoised."""
         return self.query_states(ids)
 
-    def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``; then,
-        with ``cfg.visual_slots`` = M, (B, M, H) learned slots."""
-        v = pool_tokens(visual, self.grid, self.cfg.visual_pool)
-        return v if self.slots is None else self.slots(v)
-
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None,
                 query_mask: torch.Tensor | None) -> torch.Tensor:
-        """Predict Ŝ_Y.
+        """visual (B, N, Dx), query states (B, L, W) or None, mask (B, L) -> Ŝ_Y (B, D), not
+        normalised. Raises ValueError when L > ``max_query_len``."""
+        x, keep = self.joint_input(visual, query, query_mask)  # (B, N'+L, W)
+        x = run_layers(self.layers, x, keep)  # bidirectional
+        return self.head(masked_mean(x, keep))  # (B, D)
 
-        Args:
-            visual: visual tokens (B, N, Dx) float.
-            query: query states (B, L, W) from :meth:`embed_query`, or None (query-free).
-            query_mask: (B, L) bool, True at real tokens.
-        Returns:
-            Ŝ_Y (B, D) float, not normalised.
-        Raises:
-            ValueError: the query is longer than ``max_query_len``.
-        """
-        v = self.visual_proj(self.pool_visual(visual)) + self.visual_pos  # (B, N', W)
-        keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
-        x = v
-        if query is not None:
-            if query.shape[1] > self.cfg.max_query_len:
-                raise ValueError(f"query has {query.shape[1]} tokens; the predictor takes at "
-                                 f"most {self.cfg.max_query_len} (predictor.max_query_len)")
-            x = torch.cat([v, query.to(v.dtype)], 1)  # visual tokens before the query
-            keep = torch.cat([keep, query_mask.bool()], 1)
-        x = run_layers(self.layers, x, keep)  # (B, N'+L, W), bidirectional
-        w = keep.unsqueeze(-1).to(x.dtype)
-        return self.head((x * w).sum(1) / w.sum(1))  # mean over non-pad tokens -> (B, D)
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"`text`, the last {c.text_layers or 'all'} layers of `{self.text_model}`, "
+                f"width {self.width}")

@@ -1,9 +1,9 @@
 """Zero-shot classification and image<->text retrieval harnesses (used by ``vljepa eval`` and
-``eval/zeroshot.py``), CIDEr, and the wall-clock timer of the benchmark scripts in ``eval/``.
+``eval/zeroshot.py``) and CIDEr. (The benchmarks' timer is :func:`vljepa.profiling.median_ms`.)
 
 Each harness takes any model with ``embed_visual`` (visual tokens (B, N, Dx) -> (B, D)),
 ``embed_text`` and ``text_classifier`` — a VL-JEPA or its linear probe baseline
-(``predictor.kind=linear``) — and reads the frozen X-encoder's tokens from the feature cache,
+(``predictor=linear``) — and reads the frozen X-encoder's tokens from the feature cache,
 so a second evaluation of the same images never runs the X-encoder.
 
 Metrics follow CLIP's zero-shot protocol (Radford et al. 2021): top-k accuracy of
@@ -12,9 +12,7 @@ the first correct item among the k nearest, in both directions.
 """
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -134,18 +132,3 @@ def cider(refs: Sequence[str], hyps: Sequence[str]) -> float:
     gts = {i: [r.lower()] for i, r in enumerate(refs)}
     res = {i: [h.lower() or "empty"] for i, h in enumerate(hyps)}
     return float(Cider().compute_score(gts, res)[0])
-
-
-def median_ms(fn: Callable[[], object], iters: int, max_seconds: float | None = None) -> float:
-    """Median wall-clock milliseconds of ``iters`` calls of ``fn`` after one warm-up call
-    (allocator, lazy initialisation). With ``max_seconds``, stops early once that much time has
-    been spent, after at least 3 calls (for calls that take seconds each)."""
-    fn()
-    times: list[float] = []
-    while len(times) < iters:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if max_seconds is not None and len(times) >= 3 and sum(times) >= max_seconds:
-            break
-    return 1000 * statistics.median(times)

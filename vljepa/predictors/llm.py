@@ -16,40 +16,39 @@ comes back with the LM); the LM layers, the norm, the visual projection and the 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PredictorConfig
+from ..config import LLMPredictorConfig
 from ..hub import hub_error
-from .encoders import XEncoder, pool_tokens
+from .base import JointPredictor, PredictorDims, masked_mean
 
 
-class LLMPredictor(nn.Module):
+class LLMPredictor(JointPredictor):
     """Bidirectional predictor from the last ``cfg.llm_layers`` layers of ``cfg.llm``.
 
     Args:
-        cfg: ``kind="llm"``, ``llm`` (hub id or local dir), ``llm_layers``, ``max_query_len``,
-            ``visual_pool``; width, depth and heads are the LM's.
-        x_encoder, embed_dim: as :class:`vljepa.modules.predictor.Predictor`.
-        y_encoder: unused (the LM reads the query with its own tokenizer and token table);
-            taken so that every predictor is built the same way.
-
+        cfg: ``llm`` (hub id or local dir), ``llm_layers``, ``max_query_len``, visual pooling and
+            slots; width, depth and heads are the LM's.
+        dims: Dx, N, the grid and D (``query_dim`` unused: the LM reads the query with its own
+            tokenizer and token table).
+        query: unused.
     Raises:
         RuntimeError: the LM cannot be loaded (names it; offline, only a local copy works).
-        ValueError: ``llm_layers`` is not in 1..(the LM's depth), or the LM's decoder lacks
-            ``layers`` / ``norm`` / ``rotary_emb``.
+        ValueError: no ``llm``; ``llm_layers`` is not in 1..(the LM's depth), or the LM's decoder
+            lacks ``layers`` / ``norm`` / ``rotary_emb``.
     """
 
-    fingerprint = None  # the LM is named by the config; its trained layers are saved
-    lr_mults: dict[str, float] = {}
+    Config = LLMPredictorConfig
+    query_form = "token_table"
 
-    def __init__(self, cfg: PredictorConfig, x_encoder: XEncoder, y_encoder: nn.Module | None,
-                 embed_dim: int):
-        super().__init__()
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only when used
+    def __init__(self, cfg: LLMPredictorConfig, dims: PredictorDims, query=None):
+        super().__init__(cfg, dims, None)
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only for this kind
 
-        visual_dim, grid = x_encoder.dim, x_encoder.grid
         if not cfg.llm:
             raise ValueError("predictor.kind=llm needs predictor.llm (a causal LM's hub id or dir)")
         try:
@@ -64,7 +63,6 @@ class LLMPredictor(nn.Module):
         if not 1 <= cfg.llm_layers <= depth:
             raise ValueError(f"predictor.llm_layers must be in 1..{depth} for {cfg.llm!r}, "
                              f"got {cfg.llm_layers}")
-        self.cfg, self.grid = cfg, grid
         self.layers = nn.ModuleList(decoder.layers[depth - cfg.llm_layers:])
         for layer in self.layers:  # bidirectional: the mask we pass is the only mask
             layer.self_attn.is_causal = False
@@ -73,11 +71,15 @@ class LLMPredictor(nn.Module):
         self.register_buffer("query_table", table, persistent=False)  # (V, W), frozen, not saved
         W = lm.config.hidden_size
         self.width = W
-        self.visual_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, W))
-        self.head = nn.Linear(W, embed_dim)
+        self.init_visual(cfg, dims, W)  # rotary positions cover the visual tokens too
+        self.head = nn.Linear(W, dims.embed_dim)
         del lm  # the first layers and the LM head are not used
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def query_reader(cls, cfg: LLMPredictorConfig, y_encoder: nn.Module) -> None:
+        return None  # the LM's own tokenizer and token table
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Questions -> (ids (B, L) int64, mask (B, L) bool) with the LM's tokenizer."""
         if self.tokenizer.pad_token_id is None:  # Llama has none; any id works under the mask
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -89,22 +91,10 @@ class LLMPredictor(nn.Module):
         """(B, L) ids -> (B, L, W) from the LM's frozen token table."""
         return F.embedding(ids, self.query_table)
 
-    def pool_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """(B, N, Dx) -> (B, N', Dx), the token grid average-pooled by ``cfg.visual_pool``."""
-        return pool_tokens(visual, self.grid, self.cfg.visual_pool)
-
     def hidden_states(self, visual: torch.Tensor, query: torch.Tensor | None,
                       query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token outputs (B, N'+L, W) after the final norm, and the keep mask (B, N'+L)."""
-        v = self.visual_proj(self.pool_visual(visual))  # (B, N', W)
-        keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
-        x = v
-        if query is not None:
-            if query.shape[1] > self.cfg.max_query_len:
-                raise ValueError(f"query has {query.shape[1]} tokens; the predictor takes at "
-                                 f"most {self.cfg.max_query_len} (predictor.max_query_len)")
-            x = torch.cat([v, query.to(v.dtype)], 1)
-            keep = torch.cat([keep, query_mask.bool()], 1)
+        x, keep = self.joint_input(visual, query, query_mask)
         B, T, _ = x.shape
         pos = torch.arange(T, device=x.device).unsqueeze(0).expand(B, -1)
         rope = self.rotary(x, pos)
@@ -120,5 +110,7 @@ class LLMPredictor(nn.Module):
                 query_mask: torch.Tensor | None) -> torch.Tensor:
         """visual (B, N, Dx), query (B, L, W) from :meth:`embed_query`, mask (B, L) -> Ŝ_Y (B, D)."""
         h, keep = self.hidden_states(visual, query, query_mask)
-        w = keep.unsqueeze(-1).to(h.dtype)
-        return self.head((h * w).sum(1) / w.sum(1))  # mean over non-pad tokens, then the head
+        return self.head(masked_mean(h, keep))  # mean over non-pad tokens, then the head
+
+    def describe(self) -> str:
+        return f"`llm`, the last {self.cfg.llm_layers} layers of `{self.cfg.llm}`, width {self.width}"

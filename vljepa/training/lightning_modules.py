@@ -21,10 +21,10 @@ from torchmetrics import MeanMetric
 
 from ..baseline import VLMBaseline
 from ..config import BaselineConfig, ModelConfig, YDecoderConfig, check_config
-from ..evaluate import cider
+from ..metrics import cider
 from ..model import VLJEPA
-from ..modules.text_decoder import corpus_vocab
-from ..modules.y_decoder import special_ids
+from ..decoders.text_decoder import corpus_vocab
+from ..decoders.y_decoder import special_ids
 
 # The frozen encoders stay in eval mode on purpose (see encoders.FrozenMixin).
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")

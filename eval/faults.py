@@ -1,6 +1,7 @@
-"""Fault injection for the kill tests: callbacks that a ``train.py`` subprocess instantiates
-through Hydra (``+callbacks.kill._target_=faults.KillAt``, with ``tests/`` on PYTHONPATH), and
-helpers that run, kill and resume ``train.py``.
+"""Fault injection for eval/fault_injection.py and the kill tests (tests/test_faults.py):
+callbacks that a ``train.py`` subprocess instantiates through Hydra
+(``+callbacks.kill._target_=eval.faults.KillAt``; :func:`env` puts the repo root on its
+PYTHONPATH), and helpers that run, kill and resume ``train.py``.
 
 A kill is ``SIGKILL`` of the training process itself: no handler, no cleanup, as a node that
 loses power."""
@@ -77,16 +78,17 @@ def read_steps(path, rank: int = 0) -> dict[int, dict]:
 
 
 def env() -> dict[str, str]:
-    """The environment of a train.py subprocess: this checkout and tests/ importable, one
-    thread (so every run computes in the same order), offline."""
+    """The environment of a train.py subprocess: this checkout importable (the package and the
+    ``eval.faults`` callbacks Hydra instantiates), one thread (so every run computes in the same
+    order), offline."""
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"),
-                                       e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return e
 
 
 def train_cmd(overrides: list[str]) -> list[str]:
+    """The command that runs this checkout's ``train.py`` with Hydra ``overrides``."""
     return [sys.executable, str(ROOT / "train.py"), *overrides]
 
 
