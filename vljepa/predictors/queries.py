@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..encoders import YEncoder
+from ..encoders.causal_lm import run_layers as run_lm_layers
 from ..encoders.text_backbone import check_bert_style, load_text_encoder, run_layers
 from ..encoders.weights import freeze_unsaved, weights_fingerprint
 
@@ -208,3 +209,78 @@ class ContextualQuery(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> the frozen encoder's last hidden states (B, L, W) float32."""
         return self.states(ids)
+
+
+class LMQueryStates(nn.Module):
+    """A causal LM's lower layers as a query reader (``predictor.kind="llm"``): question ids
+    (B, L) -> the states after its first ``k`` layers (B, L, W), run on the query alone with the
+    LM's own causal mask, as pretrained, and kept per distinct question (frozen weights: a
+    question's states never change; easy-VQA asks 107 distinct questions).
+
+    Args:
+        parts: the LM's decoder (:class:`~vljepa.encoders.causal_lm.DecoderParts`); its token
+            table and first ``k`` layers become frozen non-persistent buffers of this module
+            (re-read from the LM at load, identified by the LM's fingerprint).
+        tokenizer: the LM's tokenizer (right padding).
+        k: how many layers read the query alone (0: the token embeddings themselves).
+        max_len: query tokens kept, special tokens included.
+        fingerprint: the LM's (:func:`~vljepa.encoders.causal_lm.load_causal_lm`).
+    """
+
+    MEMO_SIZE = 20_000
+
+    def __init__(self, parts, tokenizer, k: int, max_len: int, fingerprint: str | None):
+        super().__init__()
+        self._parts, self.tokenizer, self.k, self.max_len = parts, tokenizer, k, max_len
+        if tokenizer.pad_token_id is None:  # Llama has none; any id works under the mask
+            tokenizer.pad_token = tokenizer.eos_token
+        self.embed_tokens = freeze_unsaved(parts.embed)
+        self.lower = freeze_unsaved(nn.ModuleList(list(parts.layers)[:k]))
+        self.rotary = freeze_unsaved(parts.rotary)
+        self.dim, self.fingerprint = parts.width, fingerprint
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def train(self, mode: bool = True):  # noqa: D102 - frozen: always in eval mode
+        return super().train(False)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B strings -> (ids (B, L) int64, mask (B, L) bool), right-padded, L <= max_len."""
+        self.tokenizer.padding_side = "right"
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_len,
+                             return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    @torch.no_grad()
+    def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        device = self.embed_tokens.weight.device
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.tokenizer.pad_token_id, dtype=torch.long,
+                         device=device)
+        keep = torch.zeros(len(rows), L, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=device)
+            keep[i, :len(r)] = True
+        x = self.embed_tokens(ids)  # (n, L, W), Gemma's sqrt(W) scale included
+        if self.k:
+            x = run_lm_layers(self._parts, x, keep, causal=True, last_layer=self.k)
+        return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64, right-padded -> states (B, L, W) float32, zeros at padding."""
+        pad = self.tokenizer.pad_token_id
+        rows = []
+        for r in ids.tolist():
+            while r and r[-1] == pad:
+                r.pop()
+            rows.append(tuple(r))
+        new = [r for r in dict.fromkeys(rows) if r and r not in self._memo]
+        if new:
+            if len(self._memo) + len(new) > self.MEMO_SIZE:
+                self._memo.clear()  # bounded: an open-ended question stream need not fit
+            self._memo.update(zip(new, self._encode(new)))
+        empty = torch.zeros(0, self.dim)
+        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] if r else empty for r in rows],
+                                              batch_first=True)
+        if out.shape[1] < ids.shape[1]:
+            out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
+        return out.to(ids.device)
