@@ -86,13 +86,67 @@ def bert_tokenize(tokenizer, texts: Sequence[str], max_len: int
     return enc["input_ids"], enc["attention_mask"].bool()
 
 
-class QueryStates(nn.Module):
-    """A frozen text encoder's lower part: question ids (B, L) -> token states (B, L, W).
+class MemoisedStates(nn.Module):
+    """Frozen layers that read a question alone, with their output kept per distinct question:
+    with frozen weights the states of a question never change, and a VQA set asks few distinct
+    questions (easy-VQA: 107), so after the first batches a step does a few dictionary look-ups
+    instead of running the layers (as the feature cache keeps the visual tokens).
 
-    Runs the embeddings and ``layers`` on the query alone and keeps the result per distinct
-    question (its non-pad ids): with frozen weights the states of a question never change, and
-    a VQA set asks few distinct questions (easy-VQA: 107), so after the first batches a step does
-    a few dictionary look-ups instead of running the encoder.
+    Subclasses set ``pad_id``, ``width`` and ``device`` and implement :meth:`run`.
+    """
+
+    MEMO_SIZE = 20_000  # distinct questions kept (about 15 KB each at 10 tokens x 384)
+    pad_id: int
+    width: int
+
+    def __init__(self):
+        super().__init__()
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def train(self, mode: bool = True):  # noqa: D102 - frozen: always in eval mode
+        return super().train(False)
+
+    def run(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """ids (n, L) int64, keep (n, L) bool -> states (n, L, W): the frozen layers."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Distinct id sequences -> their states, (L_i, W) each, in one right-padded batch."""
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long, device=self.device)
+        keep = torch.zeros(len(rows), L, dtype=torch.bool, device=self.device)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=self.device)
+            keep[i, :len(r)] = True
+        x = self.run(ids, keep)
+        return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) int64 right-padded with ``pad_id`` -> states (B, L, W) float32, zeros at
+        padding (the predictor masks those positions). No gradient: the layers are frozen."""
+        rows = []
+        for r in ids.tolist():
+            while r and r[-1] == self.pad_id:
+                r.pop()
+            rows.append(tuple(r))
+        new = [r for r in dict.fromkeys(rows) if r and r not in self._memo]
+        if new:
+            if len(self._memo) + len(new) > self.MEMO_SIZE:
+                self._memo.clear()  # bounded: an open-ended question stream need not fit
+            self._memo.update(zip(new, self._encode(new)))
+        # an all-pad row is no query (query-free caption batches): no states, all masked
+        empty = torch.zeros(0, self.width)
+        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] if r else empty for r in rows],
+                                              batch_first=True)
+        if out.shape[1] < ids.shape[1]:  # a batch padded beyond its longest question
+            out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
+        return out.to(ids.device)
+
+
+class QueryStates(MemoisedStates):
+    """A frozen BERT-style text encoder's lower part: question ids (B, L) -> token states
+    (B, L, W), kept per distinct question (:class:`MemoisedStates`).
 
     Args:
         embeddings: the encoder's embeddings module (token + position + type, LayerNorm).
@@ -101,9 +155,8 @@ class QueryStates(nn.Module):
         own: True: the modules become frozen non-persistent buffers of this module (a private
             copy); False: they are another module's (the Y-encoder's, already frozen), held by
             reference and never changed.
+        bias: MPNet's relative position bias (:func:`~vljepa.encoders.text_backbone.position_bias`).
     """
-
-    MEMO_SIZE = 20_000  # distinct questions kept (about 15 KB each at 10 tokens x 384)
 
     def __init__(self, embeddings: nn.Module, layers: list[nn.Module], pad_id: int,
                  own: bool = True, bias: RelativePositionBias | None = None):
@@ -117,46 +170,15 @@ class QueryStates(nn.Module):
         else:  # a tuple is not registered: the owner moves and saves them
             self._parts = (embeddings, list(layers), bias)
         self.pad_id = pad_id
-        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.width = embeddings.word_embeddings.embedding_dim
 
-    def train(self, mode: bool = True):  # noqa: D102 - frozen: always in eval mode
-        return super().train(False)
+    @property
+    def device(self) -> torch.device:
+        return self._parts[0].word_embeddings.weight.device
 
-    @torch.no_grad()
-    def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
-        """Distinct id sequences -> their states, (L_i, W) each, in one padded batch."""
+    def run(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         embeddings, layers, bias = self._parts
-        device = embeddings.word_embeddings.weight.device
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), self.pad_id, dtype=torch.long, device=device)
-        keep = torch.zeros(len(rows), L, dtype=torch.bool, device=device)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, device=device)
-            keep[i, :len(r)] = True
-        x = run_layers(layers, embeddings(input_ids=ids), keep, bias)
-        return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) int64 right-padded with ``pad_id`` -> states (B, L, W) float32, zeros at
-        padding (the predictor masks those positions). No gradient: the encoder is frozen."""
-        rows = []
-        for r in ids.tolist():
-            while r and r[-1] == self.pad_id:
-                r.pop()
-            rows.append(tuple(r))
-        new = [r for r in dict.fromkeys(rows) if r and r not in self._memo]
-        if new:
-            if len(self._memo) + len(new) > self.MEMO_SIZE:
-                self._memo.clear()  # bounded: an open-ended question stream need not fit
-            self._memo.update(zip(new, self._encode(new)))
-        # an all-pad row is no query (query-free caption batches): no states, all masked
-        width = self._parts[0].word_embeddings.embedding_dim
-        empty = torch.zeros(0, width)
-        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] if r else empty for r in rows],
-                                              batch_first=True)
-        if out.shape[1] < ids.shape[1]:  # a batch padded beyond its longest question
-            out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
-        return out.to(ids.device)
+        return run_layers(layers, embeddings(input_ids=ids), keep, bias)
 
 
 class ContextualQuery(nn.Module):
@@ -214,11 +236,11 @@ class ContextualQuery(nn.Module):
         return self.states(ids)
 
 
-class LMQueryStates(nn.Module):
+class LMQueryStates(MemoisedStates):
     """A causal LM's lower layers as a query reader (``predictor.kind="llm"``): question ids
     (B, L) -> the states after its first ``k`` layers (B, L, W), run on the query alone with the
-    LM's own causal mask, as pretrained, and kept per distinct question (frozen weights: a
-    question's states never change; easy-VQA asks 107 distinct questions).
+    LM's own causal mask, as pretrained, and kept per distinct question
+    (:class:`MemoisedStates`).
 
     Args:
         parts: the LM's decoder (:class:`~vljepa.encoders.causal_lm.DecoderParts`); its token
@@ -230,8 +252,6 @@ class LMQueryStates(nn.Module):
         fingerprint: the LM's (:func:`~vljepa.encoders.causal_lm.load_causal_lm`).
     """
 
-    MEMO_SIZE = 20_000
-
     def __init__(self, parts, tokenizer, k: int, max_len: int, fingerprint: str | None):
         super().__init__()
         self._parts, self.tokenizer, self.k, self.max_len = parts, tokenizer, k, max_len
@@ -240,11 +260,13 @@ class LMQueryStates(nn.Module):
         self.embed_tokens = freeze_unsaved(parts.embed)
         self.lower = freeze_unsaved(nn.ModuleList(list(parts.layers)[:k]))
         self.rotary = freeze_unsaved(parts.rotary)
-        self.dim, self.fingerprint = parts.width, fingerprint
-        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+        self.pad_id = tokenizer.pad_token_id
+        self.dim = self.width = parts.width
+        self.fingerprint = fingerprint
 
-    def train(self, mode: bool = True):  # noqa: D102 - frozen: always in eval mode
-        return super().train(False)
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B strings -> (ids (B, L) int64, mask (B, L) bool), right-padded, L <= max_len."""
@@ -253,37 +275,10 @@ class LMQueryStates(nn.Module):
                              return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"].bool()
 
-    @torch.no_grad()
-    def _encode(self, rows: list[tuple[int, ...]]) -> list[torch.Tensor]:
-        device = self.embed_tokens.weight.device
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), self.tokenizer.pad_token_id, dtype=torch.long,
-                         device=device)
-        keep = torch.zeros(len(rows), L, dtype=torch.bool, device=device)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, device=device)
-            keep[i, :len(r)] = True
+    def run(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(ids)  # (n, L, W), Gemma's sqrt(W) scale included
-        if self.k:
-            x = run_lm_layers(self._parts, x, keep, causal=True, last_layer=self.k)
-        return [x[i, :len(r)].float().cpu() for i, r in enumerate(rows)]
+        return run_lm_layers(self._parts, x, keep, causal=True, last_layer=self.k) if self.k else x
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) int64, right-padded -> states (B, L, W) float32, zeros at padding."""
-        pad = self.tokenizer.pad_token_id
-        rows = []
-        for r in ids.tolist():
-            while r and r[-1] == pad:
-                r.pop()
-            rows.append(tuple(r))
-        new = [r for r in dict.fromkeys(rows) if r and r not in self._memo]
-        if new:
-            if len(self._memo) + len(new) > self.MEMO_SIZE:
-                self._memo.clear()  # bounded: an open-ended question stream need not fit
-            self._memo.update(zip(new, self._encode(new)))
-        empty = torch.zeros(0, self.dim)
-        out = torch.nn.utils.rnn.pad_sequence([self._memo[r] if r else empty for r in rows],
-                                              batch_first=True)
-        if out.shape[1] < ids.shape[1]:
-            out = F.pad(out, (0, 0, 0, ids.shape[1] - out.shape[1]))
-        return out.to(ids.device)
+        return self(ids)
