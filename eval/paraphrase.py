@@ -9,13 +9,21 @@ hand-written rewordings of them, on the same test images, for one or several mod
 
 easy-VQA asks its questions in a couple of dozen fixed templates, so a model can score ~99% on
 the test split without reading a question it has not seen. Here every test image is also asked
-PARAPHRASES: ~12 rewordings for each of four question types, none of which is a training
+PARAPHRASES: 12-16 rewordings for each of six question types, none of which is a training
 question or an instance of a training template (checked in code, check_paraphrases):
 
-    color         "name the colour of the figure."        gold: the image's colour
-    shape         "which geometric figure is drawn here?" gold: the image's shape
-    yes/no color  "is the figure coloured {color}?"       {color}: the true colour for half the
-    yes/no shape  "would you call this shape a {shape}?"  images, another one for the other half
+    color             "name the colour of the figure."        gold: the image's colour
+    shape             "which geometric figure is drawn here?" gold: the image's shape
+    yes/no color      "is the figure coloured {color}?"       {color}: the true colour for half
+    yes/no shape      "would you call this shape a {shape}?"  the images, another one for the rest
+    negation          "is there no {shape} in the image?"     yes/no, the answer flipped: "no"
+                                                              when {shape} is the image's shape
+    new construction  "a {shape}: is that what is drawn?"     colour, shape and yes/no questions
+                      "the figure drawn here is a what?"      with the attribute or the object
+                                                              where no training template puts it
+
+The first four types hold a few negated wordings too ("is the shape not {color}?"); "overall
+without negation" leaves out the negation type (the issue's bar), not those.
 
 The true colour and shape of each image are read off its own easy-VQA test questions (answers,
 and what yes/no answers keep or rule out); the ~11% of images whose questions leave one of them
@@ -45,23 +53,32 @@ import torch
 import torch.nn.functional as F
 
 import vljepa
-from vljepa.data.vqa import EASY_VQA_SHAPES, easy_vqa
+from vljepa.data.vqa import EASY_VQA_SHAPES, easy_vqa, true_values
 from vljepa.hub import atomic_write
 from vljepa.profiling import Stopwatch
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASED = ROOT / "checkpoints" / "vljepa-easyvqa-lite0"
-TYPES = ("color", "shape", "yes/no color", "yes/no shape")
+TYPES = ("color", "shape", "yes/no color", "yes/no shape", "negation", "new construction")
+ASKS = TYPES[:4]  # what a wording asks: its answer is a colour, a shape, or yes/no about one
 
 
 @dataclass(frozen=True)
 class Paraphrase:
     """One rewording. ``template`` may hold the slots {color} and {shape}: in a yes/no question
     the asked-about slot gets the true value or another one; every other slot gets the image's
-    true colour / shape. ``negated`` flips a yes/no gold answer ("is the shape not red?")."""
+    true colour / shape. ``negated`` flips a yes/no gold answer ("is the shape not red?").
+    ``asks``: what the wording asks, one of :data:`ASKS`; needed by the types "negation" and
+    "new construction", which mix them; the other types ask their own type."""
     type: str
     template: str
     negated: bool = False
+    asks: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the wording asks (one of :data:`ASKS`): ``asks``, else its type."""
+        return self.asks or self.type
 
 
 class Item(NamedTuple):
@@ -69,7 +86,7 @@ class Item(NamedTuple):
     image: int     # index into the sampled images
     question: str
     gold: str      # the correct answer
-    type: str      # one of TYPES
+    type: str      # one of TYPES (the wording's type, not what it asks)
     wording: str   # the paraphrase's template; for an original test question, the question
 
 
@@ -125,7 +142,52 @@ PARAPHRASES = [Paraphrase("color", t) for t in (
     ("is it a {shape} that is shown?", False),
     ("is the figure something other than a {shape}?", True),
     ("is the figure not a {shape}?", True),
+)] + [Paraphrase("negation", t, True, asks) for t, asks in (
+    # yes/no questions whose answer is the flip of the question without the negation; the image
+    # shows one shape in one colour, so "is there no {shape}" is "no" exactly when it is the shape
+    ("is the {shape} not {color}?", "yes/no color"),
+    ("does the {shape} lack the colour {color}?", "yes/no color"),
+    ("is there no {color} figure in the picture?", "yes/no color"),
+    ("would it be wrong to call the figure {color}?", "yes/no color"),
+    ("is {color} absent from the image?", "yes/no color"),
+    ("is the colour of the {shape} anything but {color}?", "yes/no color"),
+    ("is it true that the object is not {color}?", "yes/no color"),
+    ("is the colour {color} missing from this picture?", "yes/no color"),
+    ("is there no {shape} in the image?", "yes/no shape"),
+    ("is the figure not shaped like a {shape}?", "yes/no shape"),
+    ("does the picture lack a {shape}?", "yes/no shape"),
+    ("is the {color} object not a {shape}?", "yes/no shape"),
+    ("is a {shape} absent from the drawing?", "yes/no shape"),
+    ("would it be wrong to call the drawn figure a {shape}?", "yes/no shape"),
+    ("is the drawn shape anything but a {shape}?", "yes/no shape"),
+    ("can no {shape} be seen here?", "yes/no shape"),
+)] + [Paraphrase("new construction", t, False, asks) for t, asks in (
+    # the attribute or the object where no training template puts it: fronted as a topic, asked
+    # in place, in a cleft, after a statement
+    ("the shape in this picture is coloured how?", "color"),
+    ("of what colour is the figure shown?", "color"),
+    ("{shape}: what colour?", "color"),
+    ("a {shape} is drawn. in which colour?", "color"),
+    ("the figure drawn here is a what?", "shape"),
+    ("it is {color}, but which shape is it?", "shape"),
+    ("of which shape is the object?", "shape"),
+    ("drawn in {color}, the figure is what shape?", "shape"),
+    ("{color}: is that the colour of the figure?", "yes/no color"),
+    ("the figure, is it {color}?", "yes/no color"),
+    ("is it in {color} that the shape is drawn?", "yes/no color"),
+    ("yes or no: the {shape} is {color}?", "yes/no color"),
+    ("a {shape}: is that what is drawn?", "yes/no shape"),
+    ("the drawn figure, is it a {shape}?", "yes/no shape"),
+    ("yes or no: the picture shows a {shape}?", "yes/no shape"),
+    ("is it as a {shape} that the {color} figure is drawn?", "yes/no shape"),
 )]
+
+
+def wordings(paraphrases=PARAPHRASES) -> list[str]:
+    """Every evaluation wording's template, with its {color} / {shape} slots: what generated
+    training rewordings must never equal (``data.held_out_wordings`` of configs/data/easy_vqa.yaml
+    names this function; vljepa.data.rewordings.check_disjoint compares)."""
+    return [p.template for p in paraphrases]
 
 # ---- the check: no rewording is a training question or an instance of a training template ----
 
@@ -162,7 +224,8 @@ def to_template(text: str, colors, shapes) -> str:
 def check_paraphrases(paraphrases=PARAPHRASES, train_questions=None) -> None:
     """Raise ValueError naming the first bad wording: one with an instantiation equal to a
     training question or a template equal to a training template (after :func:`normalize`), an
-    unknown type or slot, a yes/no wording without the slot it asks about, or a duplicate.
+    unknown type, slot or ``asks``, a yes/no wording without the slot it asks about, a negated
+    wording that does not ask yes/no, a "negation" wording that is not negated, or a duplicate.
     ``train_questions`` defaults to easy-VQA's."""
     import easy_vqa as ev
     colors, shapes = easy_vqa_vocab()
@@ -188,43 +251,22 @@ def check_paraphrases(paraphrases=PARAPHRASES, train_questions=None) -> None:
                              f"{template!r}")
         if p.type not in TYPES:
             raise ValueError(f"paraphrase {p.template!r}: type {p.type!r} is not one of {TYPES}")
-        if p.type.startswith("yes/no") and p.type.split()[1] not in slots:
-            raise ValueError(f"paraphrase {p.template!r}: a {p.type!r} wording needs a "
-                             f"{{{p.type.split()[1]}}} slot")
-        if p.negated and not p.type.startswith("yes/no"):
+        if p.kind not in ASKS or (p.asks and p.type in ASKS and p.asks != p.type):
+            raise ValueError(f"paraphrase {p.template!r}: it asks {p.kind!r}, not one of "
+                             f"{ASKS}, or not its own type")
+        if p.kind.startswith("yes/no") and p.kind.split()[1] not in slots:
+            raise ValueError(f"paraphrase {p.template!r}: a {p.kind!r} wording needs a "
+                             f"{{{p.kind.split()[1]}}} slot")
+        if p.negated and not p.kind.startswith("yes/no"):
             raise ValueError(f"paraphrase {p.template!r}: only yes/no wordings can be negated")
+        if p.type == "negation" and not p.negated:
+            raise ValueError(f"paraphrase {p.template!r}: a negation wording must be negated")
         if normalize(p.template) in seen:
             raise ValueError(f"paraphrase {p.template!r} repeats {seen[normalize(p.template)]!r}")
         seen[normalize(p.template)] = p.template
 
 
 # ---- data: test images with their true colour and shape, and the questions asked of them ----
-
-def true_values(questions: list[tuple], colors, shapes) -> dict[str, str | None]:
-    """An image's colour and shape as its own test questions (question, answer, type) determine
-    them, or None where they leave more than one value. A colour or shape answer fixes that value;
-    the word naming the other one fixes it too ("what color is the rectangle?"); a yes/no question
-    keeps or rules out the value it names ("is there not a red shape?" "no" -> red).
-
-    Raises ValueError when the questions contradict each other.
-    """
-    allowed = {"color": set(colors), "shape": set(shapes)}
-    for q, a, t in questions:
-        words = set(re.findall(r"[a-z]+", q))
-        for kind, values in (("color", set(colors)), ("shape", set(shapes))):
-            named = words & values
-            if t == kind:
-                allowed[kind] &= {a}
-            elif named and t in ("color", "shape"):
-                allowed[kind] &= named
-            elif named:  # yes/no: is the named value there?
-                present = (a == "yes") != bool(words & {"no", "not"})
-                allowed[kind] &= named if present else values - named
-            if not allowed[kind]:
-                raise ValueError(f"the easy-VQA test questions {questions} contradict each other "
-                                 f"on the {kind}")
-    return {k: v.pop() if len(v) == 1 else None for k, v in allowed.items()}
-
 
 def easy_vqa_test_images() -> list[dict]:
     """All 1,000 easy-VQA test images, read with the library's reader: dicts with path, color,
@@ -265,9 +307,9 @@ def paraphrase_items(images: list[dict], paraphrases=PARAPHRASES, seed: int = 0)
         asks_truth = set(rng.sample(range(len(images)), (len(images) + 1) // 2))
         for i, im in enumerate(images):
             slots = {"color": im["color"], "shape": im["shape"]}
-            gold = im.get(p.type)
-            if p.type.startswith("yes/no"):
-                kind = p.type.split()[1]
+            gold = im.get(p.kind)
+            if p.kind.startswith("yes/no"):
+                kind = p.kind.split()[1]
                 if i not in asks_truth:
                     slots[kind] = rng.choice([v for v in (colors if kind == "color" else shapes)
                                               if v != slots[kind]])
@@ -311,8 +353,8 @@ def answer_items(model, paths: list[str], items: list[Item], candidates: list[st
 
 
 def score(items: list[Item], answers: list[str]) -> dict:
-    """Accuracy overall, per type (and their mean), per wording (with its most frequent wrong
-    answer and how often it was given), with counts."""
+    """Accuracy overall, overall without the "negation" type, per type (and their mean), per
+    wording (with its most frequent wrong answer and how often it was given), with counts."""
     by_type, by_wording = defaultdict(list), defaultdict(list)
     for it, a in zip(items, answers):
         by_type[it.type].append(a == it.gold)
@@ -321,6 +363,8 @@ def score(items: list[Item], answers: list[str]) -> dict:
     per_type = {t: acc(by_type[t]) for t in TYPES if by_type[t]}
     return {
         "overall": acc([a == it.gold for it, a in zip(items, answers)]),
+        "overall_without_negation": acc([a == it.gold for it, a in zip(items, answers)
+                                         if it.type != "negation"]),
         "mean_over_types": sum(per_type.values()) / len(per_type),
         "per_type": per_type,
         "n": {"all": len(items), **{t: len(by_type[t]) for t in per_type}},
@@ -372,9 +416,9 @@ def meaning(question: str, colors, shapes) -> tuple:
 
 def paraphrase_meaning(p: Paraphrase, color: str, shape: str) -> tuple:
     """What one instantiation of a rewording asks, in :func:`meaning`'s terms."""
-    if p.type in ("color", "shape"):
-        return (p.type,)
-    return (p.type, color if p.type == "yes/no color" else shape, p.negated)
+    if p.kind in ("color", "shape"):
+        return (p.kind,)
+    return (p.kind, color if p.kind == "yes/no color" else shape, p.negated)
 
 
 @torch.no_grad()
@@ -422,7 +466,7 @@ def tables(results: dict) -> tuple[list[list[str]], list[list[str]]]:
     names = list(results)
     head = ["type"] + [f"{n} {k}" for n in names for k in ("original", "paraphrase")]
     summary = [head]
-    for t in (*TYPES, "mean over types", "overall"):
+    for t in (*TYPES, "mean over types", "overall", "overall without negation"):
         row = [t]
         for n in names:
             for k in ("original", "paraphrase"):

@@ -5,14 +5,50 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from eval.paraphrase import (PARAPHRASES, TYPES, Paraphrase, check_paraphrases, easy_vqa_vocab,
-                             evaluate, meaning, text_neighbours, true_values)
+from eval.paraphrase import (ASKS, PARAPHRASES, TYPES, Paraphrase, check_paraphrases,
+                             easy_vqa_vocab, evaluate, meaning, paraphrase_items, text_neighbours,
+                             true_values, wordings)
 
 
 def test_paraphrases_cover_every_type_and_are_not_training_questions():
     counts = Counter(p.type for p in PARAPHRASES)
-    assert len(PARAPHRASES) >= 40 and set(counts) == set(TYPES) and min(counts.values()) >= 10
+    assert len(PARAPHRASES) >= 72 and set(counts) == set(TYPES) and min(counts.values()) >= 12
     check_paraphrases()  # raises on a training question or template instance
+    assert wordings() == [p.template for p in PARAPHRASES]
+
+
+def test_negations_and_new_constructions():
+    """Every negation wording is a negated yes/no question about colour or shape (both asked);
+    the new constructions ask all four things (colour, shape, yes/no colour, yes/no shape)."""
+    neg = [p for p in PARAPHRASES if p.type == "negation"]
+    assert all(p.negated and p.kind in ("yes/no color", "yes/no shape") for p in neg)
+    assert {p.kind for p in neg} == {"yes/no color", "yes/no shape"}
+    new = [p for p in PARAPHRASES if p.type == "new construction"]
+    assert {p.kind for p in new} == set(ASKS) and not any(p.negated for p in new)
+
+
+def test_negation_golds_flip():
+    """Asked about its true shape, "is there no {shape} ...?" is "no"; about another, "yes";
+    half the images each way, and the un-negated wording the other way round."""
+    images = [{"color": c, "shape": s} for c in ("red", "blue", "teal") for s in
+              ("circle", "triangle")] * 2
+    negated = Paraphrase("negation", "is there no {shape} in the image?", True, "yes/no shape")
+    plain = Paraphrase("new construction", "is there no {shape} in the image?", False,
+                       "yes/no shape")
+    asked = paraphrase_items(images, [negated, plain])
+    neg, pos = asked[:len(images)], asked[len(images):]
+    for it, q in zip(neg, pos):
+        named = it.question.split()[3]
+        truth = images[it.image]["shape"]
+        assert it.gold == ("no" if named == truth else "yes") and it.type == "negation"
+        assert q.gold == ("yes" if q.question.split()[3] == truth else "no")
+    assert Counter(it.gold for it in neg) == {"yes": 6, "no": 6}
+    # a colour negation with the shape filled in with the image's own
+    color_neg = Paraphrase("negation", "is the {shape} not {color}?", True, "yes/no color")
+    for it in paraphrase_items(images, [color_neg]):
+        im = images[it.image]
+        assert it.question.startswith(f"is the {im['shape']} not ")
+        assert it.gold == ("no" if it.question.endswith(f" {im['color']}?") else "yes")
 
 
 @pytest.mark.parametrize("planted", [
@@ -33,6 +69,13 @@ def test_check_rejects_malformed_wordings():
         check_paraphrases([Paraphrase("yes/no color", "is the figure a {shape}?")])
     with pytest.raises(ValueError, match="repeats"):
         check_paraphrases([PARAPHRASES[0], Paraphrase("color", PARAPHRASES[0].template.upper())])
+    with pytest.raises(ValueError, match="must be negated"):
+        check_paraphrases([Paraphrase("negation", "is the figure {color} at all?", False,
+                                      "yes/no color")])
+    with pytest.raises(ValueError, match="not one of"):  # a mixed type must say what it asks
+        check_paraphrases([Paraphrase("new construction", "the figure has which colour?")])
+    with pytest.raises(ValueError, match="only yes/no wordings can be negated"):
+        check_paraphrases([Paraphrase("negation", "what colour is it not?", True, "color")])
 
 
 def test_true_values_read_off_the_questions():
@@ -74,7 +117,7 @@ def test_training_question_meanings_and_the_text_encoders_neighbours():
     assert meaning("does the image contain a triangle?", colors, shapes) == (
         "yes/no shape", "triangle", False)
     kinds = Counter(meaning(q, colors, shapes)[0] for q in set(ev.get_train_questions()[0]))
-    assert set(kinds) == set(TYPES)
+    assert set(kinds) == set(ASKS)
     near_copy = Paraphrase("yes/no color", "is there a {color} shape here?")
     flipped = Paraphrase("yes/no color", "is there a {color} shape here?", negated=True)
     r = text_neighbours(paraphrases=[near_copy, flipped])

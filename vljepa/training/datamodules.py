@@ -9,6 +9,7 @@ reads it.
 """
 from __future__ import annotations
 
+import importlib
 import random
 from typing import Any, Sequence
 
@@ -18,14 +19,16 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..data import captions as cap
+from ..data import rewordings as rw
 from ..data.cache import FeatureCache, default_cache_dir
 from ..data.captions import CAPTION_SOURCES
 from ..data.corpora import corpus_texts
-from ..data.vqa import load_vqa
+from ..data.vqa import EASY_VQA_SHAPES, load_vqa, true_values
 from ..metrics import cached_visual_tokens
 from ..inputs import image_key
 from ..model import VLJEPA
-from .features import CaptionFeatures, MixedFeatures, TextSet, VQAFeatures, as_batch
+from .features import (CaptionFeatures, MixedFeatures, RewordedVQAFeatures, TextSet,
+                       VQAFeatures, as_batch)
 
 
 def columns(ds, names: Sequence[str]) -> dict[str, list]:
@@ -118,6 +121,23 @@ class VQADataModule(FeatureDataModule):
     ``prepare_data`` (one process) runs the X-encoder on images missing from the feature cache;
     ``setup`` (every process) reads the cache. A validation set is held out from the training
     split by image (``val_fraction``), so no validation image is seen in training.
+
+    Generated rewordings (easy-VQA only; validation and test keep their own questions):
+        rewordings: probability that a training row asks, each time it is drawn, a generated
+            rewording of its question (vljepa.data.rewordings: same attribute and value, wh or
+            yes/no as the original; a yes/no question may become a negated one, its answer
+            flipped) with that rewording's answer. 0 (the default): off.
+        rewording_templates: templates kept per attribute x form (seeded with ``seed``).
+        held_out_wordings: what no rewording may equal (templates with {color} / {shape}
+            slots), checked by :func:`vljepa.data.rewordings.check_disjoint` in ``setup``: a
+            list, or the dotted name of a function or list giving them, imported only when
+            ``rewordings`` > 0 (configs/data/easy_vqa.yaml names eval/paraphrase.py's
+            evaluation wordings, so they are named by the config, never imported by the
+            library). Needed when ``rewordings`` > 0; ``[]`` checks nothing, knowingly.
+
+    Raises ValueError for ``rewordings`` outside [0, 1], rewordings of a source other than
+    easy-VQA or without ``held_out_wordings``, and (in ``setup``) a rewording that equals a
+    held-out wording.
     """
 
     def __init__(self, model: VLJEPA, source: str = "easy_vqa", name: str | None = None,
@@ -127,9 +147,22 @@ class VQADataModule(FeatureDataModule):
                  val_fraction: float = 0.05, max_train_samples: int | None = None,
                  max_test_samples: int | None = None, batch_size: int = 256,
                  eval_batch_size: int = 1024, encode_batch_size: int = 64,
-                 cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
+                 cache_dir: str | None = None, num_workers: int = 0, seed: int = 0,
+                 rewordings: float = 0.0, rewording_templates: int | None = 80,
+                 held_out_wordings: str | Sequence[str] | None = None):
         super().__init__(model, batch_size, eval_batch_size, encode_batch_size, cache_dir,
                          num_workers)
+        if not 0.0 <= rewordings <= 1.0:
+            raise ValueError(f"rewordings is a probability in [0, 1], got {rewordings}")
+        if rewordings and source != "easy_vqa":
+            raise ValueError(f"generated rewordings are written for easy-VQA's questions, not "
+                             f"source {source!r}: set rewordings=0")
+        if rewordings and held_out_wordings is None:
+            raise ValueError("rewordings > 0 needs held_out_wordings: the evaluation wordings "
+                             "no rewording may equal (configs/data/easy_vqa.yaml names "
+                             "eval.paraphrase.wordings), or [] to check nothing")
+        self.rewordings, self.rewording_templates = float(rewordings), rewording_templates
+        self.held_out_wordings = held_out_wordings
         self.source_kwargs = dict(source=source, name=name, data_files=data_files,
                                   image_column=image_column, question_column=question_column,
                                   answer_column=answer_column,
@@ -164,6 +197,9 @@ class VQADataModule(FeatureDataModule):
         val_images = set(unique[:round(len(unique) * self.val_fraction)])
         is_val = [k in val_images for k in train_keys]
         self.train_set = self._features(train_ds, train_keys, [not v for v in is_val])
+        if self.rewordings:
+            self.train_set = self._reworded(self.train_set, train_ds, train_keys,
+                                            [not v for v in is_val])
         self.val_set = self._features(train_ds, train_keys, is_val) if val_images else None
         test_ds, _, test_keys = loaded["test"]
         self.test_set = self._features(test_ds, test_keys, [True] * len(test_keys))
@@ -176,6 +212,8 @@ class VQADataModule(FeatureDataModule):
         cols = columns(ds, ["question", "answer", "question_type"])
         questions, answers, qtypes = ([col[i] for i in rows] for col in cols.values())
         # a VQA set asks few distinct questions (easy-VQA: 107 in 38,575): tokenise each once
+        # a few thousand distinct questions: each tokenised once, and well inside a cached_text
+        # predictor's memo of query states (QueryStates.MEMO_SIZE, 20,000)
         distinct = list(dict.fromkeys(questions))
         ids, mask = self.model.tokenize_queries(distinct)
         at = {q: i for i, q in enumerate(distinct)}
@@ -186,6 +224,68 @@ class VQADataModule(FeatureDataModule):
         return VQAFeatures(self.cache.load(unique), torch.tensor([position[k] for k in keys]),
                            ids, mask, torch.tensor([a_index[a] for a in answers]), self.candidates,
                            torch.tensor([t_index[t] for t in qtypes]))
+
+    def held_out(self) -> list[str]:
+        """``held_out_wordings`` as a list: a dotted name is imported (and called if it is a
+        function).
+
+        Raises ValueError when the name does not import.
+        """
+        held = self.held_out_wordings
+        if not isinstance(held, str):
+            return list(held or [])
+        module, _, attr = held.rpartition(".")
+        try:  # a name the config gives (like a _target_), so the library imports no eval/ script
+            held = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"held_out_wordings {self.held_out_wordings!r} does not import "
+                             f"({e}); run from the repository root, or pass the wordings") from e
+        return list(held() if callable(held) else held)
+
+    def _reworded(self, base: VQAFeatures, ds, keys: list[str],
+                  keep: list[bool]) -> RewordedVQAFeatures:
+        """``base`` (the kept training rows) with generated rewordings: each row's meaning (its
+        question and answer, plus the image's other attribute as all its questions fix it),
+        the rewordings of every meaning, tokenised once. Checks them against
+        :meth:`held_out`."""
+        import easy_vqa as ev
+        colors = sorted(a for a in ev.get_answers()
+                        if a not in EASY_VQA_SHAPES and a not in ("yes", "no"))
+        shapes = sorted(EASY_VQA_SHAPES)
+        cols = columns(ds, ["question", "answer", "question_type"])
+        asked: dict[str, list] = {}
+        for k, q, a, t in zip(keys, *cols.values()):
+            asked.setdefault(k, []).append((q, a, t))
+        truth = {k: true_values(qs, colors, shapes) for k, qs in asked.items()}
+        templates = rw.templates(colors, shapes, seed=self.seed,
+                                 per_form=self.rewording_templates, avoid=set(cols["question"]))
+        rw.check_disjoint(templates, self.held_out(), colors, shapes)
+        groups: dict[rw.Meaning, int] = {}
+        row_group = []
+        for i, k in enumerate(keep):
+            if k:
+                m = rw.question_meaning(cols["question"][i], cols["answer"][i], colors, shapes)
+                m = m._replace(other=truth[keys[i]]["shape" if m.asks == "color" else "color"])
+                row_group.append(groups.setdefault(m, len(groups)))
+        by_group = [rw.rewordings_for(m, templates) for m in groups]
+        questions = [q for pairs in by_group for q, _ in pairs]
+        missing = sorted({a for pairs in by_group for _, a in pairs} - set(self.candidates))
+        if missing:
+            raise ValueError(f"rewording answers {missing} are not among the candidates "
+                             f"{self.candidates}: too few training samples?")
+        # a few thousand distinct questions: each tokenised once, and well inside a cached_text
+        # predictor's memo of query states (QueryStates.MEMO_SIZE, 20,000)
+        distinct = list(dict.fromkeys(questions))
+        ids, mask = self.model.tokenize_queries(distinct)
+        at = {q: i for i, q in enumerate(distinct)}
+        which = torch.tensor([at[q] for q in questions], dtype=torch.long)
+        sizes = torch.tensor([len(pairs) for pairs in by_group], dtype=torch.long)
+        index = {a: i for i, a in enumerate(self.candidates)}
+        return RewordedVQAFeatures(
+            base, self.rewordings, torch.tensor(row_group, dtype=torch.long),
+            sizes.cumsum(0) - sizes, sizes, ids[which], mask[which],
+            torch.tensor([index[a] for pairs in by_group for _, a in pairs]), questions,
+            self.seed)
 
 
 class CaptionDataModule(FeatureDataModule):

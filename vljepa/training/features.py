@@ -48,19 +48,94 @@ class VQAFeatures(Dataset):
     def __len__(self) -> int:
         return len(self.answer_ids)
 
+    def queries(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The asked questions and their answers of ``rows`` (B,): query ids, mask (B, L) and
+        answer ids (B,)."""
+        return self.query_ids[rows], self.query_mask[rows], self.answer_ids[rows]
+
     def __getitems__(self, rows: list[int]) -> dict[str, Any]:
         rows = torch.as_tensor(rows)
-        mask = self.query_mask[rows]
+        ids, mask, answer_ids = self.queries(rows)
         L = int(mask.sum(1).max())  # trim padding to this batch's longest question
-        answer_ids = self.answer_ids[rows]
         return {"visual": self.features[self.image_rows[rows]],
-                "query_ids": self.query_ids[rows, :L], "query_mask": mask[:, :L],
+                "query_ids": ids[:, :L], "query_mask": mask[:, :L],
                 "answer_ids": answer_ids,
                 "answer": [self.candidates[i] for i in answer_ids.tolist()],
                 "qtype_ids": self.qtype_ids[rows]}
 
     def __getitem__(self, row: int) -> dict[str, Any]:
         return self.__getitems__([row])
+
+
+class RewordedVQAFeatures(VQAFeatures):
+    """:class:`VQAFeatures` whose rows each ask, with probability ``p`` per draw, a generated
+    rewording of their question (vljepa.data.rewordings) instead: one of the rewordings of the
+    row's group (its question's meaning), drawn uniformly, with that rewording's answer (a
+    negated rewording of a yes/no question flips it). Batches as :class:`VQAFeatures`.
+
+    Draws come from the dataset's own ``torch.Generator`` (seeded with ``seed``; in a DataLoader
+    worker, with the seed and the worker id), whose state the StatefulDataLoader saves with a
+    checkpoint (``state_dict``), so a resumed run draws as the uninterrupted one would.
+
+    Args:
+        base: the training rows as :class:`VQAFeatures`.
+        p: probability in [0, 1] that a row asks a rewording.
+        row_group: (Q,) int64, each row's group; -1: never reworded.
+        group_start, group_size: (G,) int64, each group's span of the rewordings (size >= 1).
+        query_ids, query_mask: (R, L) the R tokenised rewordings, grouped.
+        answer_ids: (R,) int64 each rewording's answer, into ``base.candidates``.
+        questions: the R rewordings as text (for inspection and tests).
+        seed: the draws' seed.
+
+    Raises ValueError for ``p`` outside [0, 1] or a group without rewordings.
+    """
+
+    def __init__(self, base: VQAFeatures, p: float, row_group: torch.Tensor,
+                 group_start: torch.Tensor, group_size: torch.Tensor, query_ids: torch.Tensor,
+                 query_mask: torch.Tensor, answer_ids: torch.Tensor, questions: list[str],
+                 seed: int = 0):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"rewording probability must be in [0, 1], got {p}")
+        if len(group_size) and int(group_size.min()) < 1:
+            raise ValueError("every rewording group needs at least one rewording")
+        # one width for the training questions and the rewordings, so rows can swap
+        L = max(base.query_ids.shape[1], query_ids.shape[1])
+        pad = lambda t: torch.nn.functional.pad(t, (0, L - t.shape[1]))  # noqa: E731
+        super().__init__(base.features, base.image_rows, pad(base.query_ids),
+                         pad(base.query_mask), base.answer_ids, base.candidates, base.qtype_ids)
+        self.p, self.row_group = p, row_group
+        self.group_start, self.group_size = group_start, group_size
+        self.rw_ids, self.rw_mask, self.rw_answer_ids = pad(query_ids), pad(query_mask), answer_ids
+        self.questions, self.seed = questions, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._worker: int | None = None
+
+    def _draw(self, n: int) -> torch.Tensor:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker != info.id:  # workers draw apart, not in lockstep
+            self._worker = info.id
+            self.generator.manual_seed(self.seed * 1_000_003 + info.id + 1)
+        return torch.rand(n, generator=self.generator)
+
+    def queries(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, mask, answer_ids = super().queries(rows)
+        group = self.row_group[rows]
+        swap = (self._draw(len(rows)) < self.p) & (group >= 0)
+        if swap.any():
+            g = group[swap]
+            pick = self.group_start[g] + (self._draw(len(g)) * self.group_size[g]).long() \
+                .clamp(max=self.group_size[g] - 1)
+            ids, mask, answer_ids = ids.clone(), mask.clone(), answer_ids.clone()
+            ids[swap], mask[swap], answer_ids[swap] = (self.rw_ids[pick], self.rw_mask[pick],
+                                                       self.rw_answer_ids[pick])
+        return ids, mask, answer_ids
+
+    def state_dict(self) -> dict[str, Any]:
+        """The draws' generator state (saved by the StatefulDataLoader with a checkpoint)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
 
 class CaptionFeatures(Dataset):
