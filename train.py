@@ -10,6 +10,7 @@ import time
 
 _PROCESS_T0 = time.perf_counter()  # before the heavy imports: the breakdown counts them
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vljepa import init_from
+from vljepa.hub import atomic_write
 from vljepa.profiling import peak_rss_mib
 from vljepa.training.checkpointing import BYTES_PER_TRAINED_PARAM, check_output_dir
 from vljepa.training.configs import register_configs
@@ -101,6 +103,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"  {'total since process start':<34}{time.perf_counter() - _PROCESS_T0:7.1f}",
         ]
         print("\n".join(lines), flush=True)
+        # the same figures for scripts (eval/backbones.py): summary.json beside the checkpoints
+        summary = {"metrics": metrics, "trainable_parameters": trainable,
+                   "predictor_parameters": sum(p.numel() for p in model.predictor.parameters())
+                   if hasattr(model, "predictor") else None,
+                   "predictor_trainable_parameters": sum(
+                       p.numel() for p in model.predictor.parameters() if p.requires_grad)
+                   if hasattr(model, "predictor") else None,
+                   "wall_seconds": round(time.perf_counter() - _PROCESS_T0, 1),
+                   "peak_rss_mib": round(peak_rss_mib()), "phases": {
+                       k: round(v, 1) for k, v in phases.items()}}
+        atomic_write(Path(cfg.paths.output_dir) / "summary.json",
+                     lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     return metrics
 
 
