@@ -1,4 +1,5 @@
-"""The ``vljepa`` command line: embed, answer, classify, eval, convert, quantize, export-serving, demo.
+"""The ``vljepa`` command line: embed, answer, classify, eval, convert, quantize, export-serving,
+export-onnx, serve, demo.
 
     vljepa embed    -m MODEL --image a.png b.png            # or --text "a red circle" ...
     vljepa answer   -m MODEL --image a.png --question "what color is the shape?"
@@ -9,6 +10,9 @@
     vljepa export-serving MODEL serve/ --easy-vqa           # lean serving bundle
     vljepa answer   -m serve/ --lean --image a.png --question "what color is the shape?"
     vljepa demo     -m MODEL --port 7860                    # web demo (pip install 'vljepa[demo]')
+    vljepa serve    MODEL --port 8000                       # HTTP API (pip install 'vljepa[serve]')
+    vljepa export-onnx MODEL onnx/ --easy-vqa               # ONNX graphs (pip install 'vljepa[onnx]')
+    vljepa serve    onnx/                                   # served by onnxruntime, no torch
 
 MODEL is a saved model directory, a Lightning .ckpt or a hub repo id (``$VLJEPA_MODEL`` when
 -m is not given). Results go to stdout (or -o FILE) as JSON (default) or CSV (--format csv).
@@ -25,9 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .factory import convert_checkpoint, load
-from .hub import atomic_write
-from .quantize import quantize
+# The library's modules are imported by the commands that use them: `vljepa serve` of an ONNX
+# export runs without torch.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +117,65 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", nargs="+", default=None,
                    help="candidate answers to store (default: the model's saved vocabulary)")
 
+    desc = ("Write ONNX graphs of the model for torch-free serving (`vljepa serve DIR` runs "
+            "them with onnxruntime): the X-encoder, the predictor, the Y-encoder (which also "
+            "reads new questions) where it exports, the candidates' S_Y and the stored "
+            "questions' query states. Needs pip install 'vljepa[onnx]'.")
+    p = sub.add_parser("export-onnx", help=desc, description=desc)
+    p.add_argument("source", help="model directory, .ckpt or hub repo id")
+    p.add_argument("output_dir", help="directory to write")
+    p.add_argument("--questions", nargs="+", default=[], help="questions to store")
+    p.add_argument("--questions-file", default=None,
+                   help="a text file of questions to store, one per line")
+    p.add_argument("--easy-vqa", action="store_true",
+                   help="store every distinct easy-VQA question (train and test)")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="candidate answers to store (default: the model's saved vocabulary)")
+    p.add_argument("--no-text", action="store_true",
+                   help="leave the Y-encoder out (smaller; then only stored questions and "
+                        "candidates are served)")
+
+    desc = ("Serve the model over HTTP (OpenAI-compatible /v1/embeddings, /v1/answer, "
+            "/v1/classify, /v1/predict, /health, /v1/models, /metrics) with dynamic batching. "
+            "MODEL is anything `vljepa.load` reads, a serving bundle (--lean) or an ONNX export "
+            "(export-onnx: served without torch). SIGTERM drains the requests in flight, then "
+            "exits 0. Needs pip install 'vljepa[serve]'.")
+    p = sub.add_parser("serve", help=desc, description=desc)
+    p.add_argument("model", nargs="?", default=os.environ.get("VLJEPA_MODEL"),
+                   help="model directory, .ckpt, hub repo id or ONNX export (default: "
+                        "$VLJEPA_MODEL)")
+    p.add_argument("--lean", action="store_true", help="MODEL is a serving bundle "
+                   "(export-serving): serve its stored questions and candidates")
+    p.add_argument("--fallback", action="store_true", help="with --lean: answer what the "
+                   "bundle does not store with the full model instead of a 400")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default "
+                   "127.0.0.1, this machine only; 0.0.0.0 for every one)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    p.add_argument("--name", default=None, help="the model id clients use (default: MODEL's "
+                   "directory name)")
+    p.add_argument("--api-key", default=os.environ.get("VLJEPA_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                        "(default: $VLJEPA_API_KEY; none: no key)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="items per batch (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more requests, in ms (default 5)")
+    p.add_argument("--max-request-mb", type=float, default=16.0,
+                   help="largest request body, in MiB (default 16)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="largest image, width x height (default 16777216)")
+    p.add_argument("--max-items", type=int, default=256,
+                   help="most images or texts in one request (default 256)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="a request's time limit, in seconds (default 30; 504 past it)")
+    p.add_argument("--max-queue", type=int, default=4096,
+                   help="items waiting for a batch before requests get 503 (default 4096)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="the model's intra-op threads (torch or onnxruntime; default: one per "
+                        "core). 1 suits a machine whose cores are busy with other work")
+    p.add_argument("--log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (info: an access log line per request)")
+
     desc = ("Serve a web demo (gradio) of the model: image question answering, zero-shot "
             "labels, selective decoding of a video. Needs pip install 'vljepa[demo]'.")
     p = sub.add_parser("demo", help=desc, description=desc)
@@ -135,12 +197,65 @@ def _write(rows: list[dict[str, Any]], fmt: str, output: str | None) -> None:
         writer.writerows(rows)
         text = buf.getvalue()
     if output:
+        from .hub import atomic_write
         atomic_write(output, lambda p: Path(p).write_text(text))
     else:
         sys.stdout.write(text)
 
 
+def _questions(args: argparse.Namespace) -> list[str]:
+    """The questions --questions, --questions-file and --easy-vqa name, in that order."""
+    questions = list(args.questions)
+    if args.questions_file:
+        questions += [q for q in Path(args.questions_file).read_text().splitlines() if q.strip()]
+    if args.easy_vqa:
+        import easy_vqa
+        questions += sorted(set(easy_vqa.get_train_questions()[0])
+                            | set(easy_vqa.get_test_questions()[0]))
+    return questions
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:  # the serve extra: imported for this command only
+        from .serving.http import ServeConfig, default_model_name, load_backend, serve
+    except ImportError as e:
+        raise ImportError(f"vljepa serve needs starlette, uvicorn and prometheus_client: pip "
+                          f"install 'vljepa[serve]' ({e})") from e
+    if not args.model:
+        raise ValueError("no model given: vljepa serve MODEL (or set $VLJEPA_MODEL)")
+    if args.fallback and not args.lean:
+        raise ValueError("--fallback goes with --lean")
+    if args.max_request_mb <= 0:
+        raise ValueError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    config = ServeConfig(
+        host=args.host, port=args.port, model_name=args.name or default_model_name(args.model),
+        api_key=args.api_key or None, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_request_bytes=int(args.max_request_mb * 2 ** 20),
+        max_image_pixels=args.max_image_pixels, max_items=args.max_items,
+        timeout_s=args.timeout, max_queue_items=args.max_queue,
+        log_level=args.log_level).check()
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    serve(load_backend(args.model, lean=args.lean, fallback=args.fallback,
+                       threads=args.threads), config)
+
+
 def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    if args.command == "serve":
+        _serve(args)
+        return None
+    from .factory import convert_checkpoint, load
+    from .quantize import quantize
+    if args.command == "export-onnx":
+        try:
+            from .serving.onnx_export import export_onnx
+        except ImportError as e:
+            raise ImportError(f"export-onnx needs onnx, onnxscript and onnxruntime: pip "
+                              f"install 'vljepa[onnx]' ({e})") from e
+        out = export_onnx(args.source, args.output_dir, _questions(args), args.candidates,
+                          text=not args.no_text)
+        print(f"wrote {out}", file=sys.stderr)
+        return None
     if args.command == "convert":
         out = convert_checkpoint(args.checkpoint, args.output_dir)
         print(f"wrote {out}", file=sys.stderr)
@@ -151,14 +266,7 @@ def _run(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         return None
     if args.command == "export-serving":
         from .serving import export_serving
-        questions = list(args.questions)
-        if args.questions_file:
-            questions += [q for q in Path(args.questions_file).read_text().splitlines()
-                          if q.strip()]
-        if args.easy_vqa:
-            import easy_vqa
-            questions += sorted(set(easy_vqa.get_train_questions()[0])
-                                | set(easy_vqa.get_test_questions()[0]))
+        questions = _questions(args)
         if not questions:
             raise ValueError("no questions given: pass --questions, --questions-file or "
                              "--easy-vqa")
@@ -228,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         rows = _run(args)
-    except (FileNotFoundError, ValueError, TypeError, ImportError, KeyError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, TypeError, ImportError, KeyError, RuntimeError,
+            OSError) as e:
         print(f"vljepa: error: {e}", file=sys.stderr)
         return 2
     if rows is not None:
