@@ -33,6 +33,20 @@ from typing import Any
 # export runs without torch.
 
 
+def _add_stored_inputs(p: argparse.ArgumentParser, output_help: str) -> None:
+    """The arguments of the commands that export a model with stored questions and candidates
+    (export-serving, export-onnx); :func:`_questions` reads them."""
+    p.add_argument("source", help="model directory, .ckpt or hub repo id")
+    p.add_argument("output_dir", help=output_help)
+    p.add_argument("--questions", nargs="+", default=[], help="questions to store")
+    p.add_argument("--questions-file", default=None,
+                   help="a text file of questions to store, one per line")
+    p.add_argument("--easy-vqa", action="store_true",
+                   help="store every distinct easy-VQA question (train and test)")
+    p.add_argument("--candidates", nargs="+", default=None,
+                   help="candidate answers to store (default: the model's saved vocabulary)")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vljepa", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,30 +121,14 @@ def _parser() -> argparse.ArgumentParser:
             "`vljepa.load(DIR, lean=True)` (or `vljepa answer --lean`) answers those questions "
             "without timm, transformers or sentence-transformers.")
     p = sub.add_parser("export-serving", help=desc, description=desc)
-    p.add_argument("source", help="model directory, .ckpt or hub repo id")
-    p.add_argument("output_dir", help="directory to write (the model's files + serving files)")
-    p.add_argument("--questions", nargs="+", default=[], help="questions to store")
-    p.add_argument("--questions-file", default=None,
-                   help="a text file of questions to store, one per line")
-    p.add_argument("--easy-vqa", action="store_true",
-                   help="store every distinct easy-VQA question (train and test)")
-    p.add_argument("--candidates", nargs="+", default=None,
-                   help="candidate answers to store (default: the model's saved vocabulary)")
+    _add_stored_inputs(p, "directory to write (the model's files + serving files)")
 
     desc = ("Write ONNX graphs of the model for torch-free serving (`vljepa serve DIR` runs "
             "them with onnxruntime): the X-encoder, the predictor, the Y-encoder (which also "
             "reads new questions) where it exports, the candidates' S_Y and the stored "
             "questions' query states. Needs pip install 'vljepa[onnx]'.")
     p = sub.add_parser("export-onnx", help=desc, description=desc)
-    p.add_argument("source", help="model directory, .ckpt or hub repo id")
-    p.add_argument("output_dir", help="directory to write")
-    p.add_argument("--questions", nargs="+", default=[], help="questions to store")
-    p.add_argument("--questions-file", default=None,
-                   help="a text file of questions to store, one per line")
-    p.add_argument("--easy-vqa", action="store_true",
-                   help="store every distinct easy-VQA question (train and test)")
-    p.add_argument("--candidates", nargs="+", default=None,
-                   help="candidate answers to store (default: the model's saved vocabulary)")
+    _add_stored_inputs(p, "directory to write")
     p.add_argument("--no-text", action="store_true",
                    help="leave the Y-encoder out (smaller; then only stored questions and "
                         "candidates are served)")

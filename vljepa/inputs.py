@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 
@@ -59,7 +59,8 @@ def load_image(x: Any) -> Image.Image:
         if x.get("bytes"):
             return to_rgb(_open(x["bytes"], repr(x.get("path") or "<bytes>")))
         return load_image(x["path"])
-    if isinstance(x, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: this
+    if torch is not None and isinstance(x, torch.Tensor):  # module stays torch-free (serving)
         t = x.detach().cpu()
         if t.ndim == 3:
             t = t.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..inputs import to_rgb
+
 # the image formats the server decodes (PIL names); others are refused before decoding
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?)(;base64)?,",
@@ -139,18 +141,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 # ---- images ----
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; alpha is composited on white (as :func:`vljepa.inputs.to_rgb`, which
-    this copies so that the server's image path imports no torch)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
-
 
 def image_bytes(value: Any, param: str) -> tuple[bytes, str]:
     """An image as a client sends it -> (its encoded bytes, the name of the field that held
