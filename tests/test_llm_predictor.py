@@ -42,6 +42,22 @@ def test_llm_predictor_takes_the_last_layers_bidirectionally(tiny_llama):
     assert torch.allclose(m(visual[:1], short, smask), m(visual[:1], padded, pmask), atol=1e-5)
 
 
+def test_visual_tokens_enter_at_the_residual_streams_scale(tiny_llama):
+    """The projected visual tokens start at the lower layers' median state RMS (a pretrained
+    LM's stream is far from unit scale), and the gain trains."""
+    m = llm_model(tiny_llama)
+    p = m.predictor
+    ids, mask = p.tokenize(["what is in the picture?", "is the thing round?"])
+    q = p.embed_query(ids)[mask]
+    q_rms = q.pow(2).mean(-1).sqrt().median()
+    v = p.project_visual(torch.randn(2, 49, m.x_encoder.dim) * 50)
+    v_rms, gain = v.detach().pow(2).mean(-1).sqrt(), float(p.visual_log_gain.detach().exp())
+    assert torch.allclose(v_rms, torch.full_like(v_rms, gain), rtol=1e-3)
+    assert 0.5 < gain / float(q_rms) < 2.0
+    assert p.visual_log_gain.requires_grad
+    assert "predictor.visual_log_gain" in m.trained_state_dict()
+
+
 def test_llm_predictor_trains_saves_and_loads(tiny_llama, tmp_path):
     m = llm_model(tiny_llama)
     visual = torch.randn(8, 49, m.x_encoder.dim)

@@ -7,7 +7,10 @@ form: a wh question ("what colour is the thing here?", answer: the value), a yes
 here?"), whose answer is the flip of the yes/no one. The grammar writes each form as frames
 (direct question, imperative, embedded, tag, "true or false", topic first, in place) around a
 noun phrase (a referent noun, optionally the other attribute's value, optionally a place), all
-written from the meaning alone: this module reads no evaluation wording. Every frame x noun
+written from the meaning alone: this module reads no evaluation wording. Polarity is also
+carried by words other than "not" and "no": a frame may ask whether it is right / wrong (correct
+/ incorrect, accurate / a mistake, untrue) to say the value holds, in both polarities, so that
+the evaluative word, not the frame, decides the answer. Every frame x noun
 phrase is a :class:`Rewording` template with {color} / {shape} slots; :func:`templates` keeps a
 seeded sample per form, and :func:`rewordings_for` fills them for one training question.
 
@@ -92,6 +95,9 @@ _FRAMES = {
         "is there a {{color}} {noun}{place}?",
         "does {scene} show a {{color}} {noun}?",
         "is a {{color}} {noun} visible{place}?",
+        "is it right to say {np} is {{color}}?",
+        "would it be correct to describe {np} as {{color}}?",
+        "is it accurate to say that {np} is {{color}}?",
     ),
     ("shape", "yes/no"): (
         "is {np} a {{shape}}?",
@@ -108,6 +114,9 @@ _FRAMES = {
         "is a {{shape}} visible{place}?",
         "can you spot a {{shape}}{place}?",
         "is a {{color}} {{shape}} visible{place}?",
+        "is it right to say {np} is a {{shape}}?",
+        "would it be correct to describe {np} as a {{shape}}?",
+        "is it accurate to say that {np} is a {{shape}}?",
     ),
     ("color", "negated"): (
         "is {np} not {{color}}?",
@@ -122,6 +131,11 @@ _FRAMES = {
         "is there no {{color}} {noun}{place}?",
         "does {scene} show no {{color}} {noun}?",
         "is no {{color}} {noun} visible{place}?",
+        "is it wrong to say {np} is {{color}}?",
+        "would it be incorrect to describe {np} as {{color}}?",
+        "is it a mistake to say that {np} is {{color}}?",
+        "is it untrue that {np} is {{color}}?",
+        "would you be mistaken to think {np} is {{color}}?",
     ),
     ("shape", "negated"): (
         "is {np} not a {{shape}}?",
@@ -136,6 +150,11 @@ _FRAMES = {
         "is there no {{shape}}{place}?",
         "can you spot no {{shape}}{place}?",
         "is a {{color}} {{shape}} absent{place}?",
+        "is it wrong to say {np} is a {{shape}}?",
+        "would it be incorrect to describe {np} as a {{shape}}?",
+        "is it a mistake to say that {np} is a {{shape}}?",
+        "is it untrue that {np} is a {{shape}}?",
+        "would you be mistaken to think {np} is a {{shape}}?",
     ),
 }
 

@@ -187,13 +187,17 @@ class JointPredictor(Predictor):
         v = pool_tokens(visual, self.dims.grid, self.cfg.visual_pool)
         return v if self.slots is None else self.slots(v)
 
+    def project_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """(B, N, Dx) -> (B, N', W): pooled (and slotted) visual tokens in the joint width."""
+        return self.visual_proj(self.pool_visual(visual))
+
     def joint_input(self, visual: torch.Tensor, query: torch.Tensor | None,
                     query_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """[projected visual tokens; query] (B, N'+L, W) and its keep mask (B, N'+L) bool.
 
         ``query`` is already (B, L, W) (projected by the caller when its width differs).
         Raises ValueError when the query is longer than ``max_query_len``."""
-        v = self.visual_proj(self.pool_visual(visual))  # (B, N', W)
+        v = self.project_visual(visual)  # (B, N', W)
         pos = getattr(self, "visual_pos", None)  # learned (1, N', W); none: the layers' own (RoPE)
         if pos is not None:
             v = v + pos

@@ -92,7 +92,9 @@ class Backend:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens the Y-encoder reads of each text (special tokens included, after truncation),
-        for the ``usage`` of ``/v1/embeddings``."""
+        for the ``usage`` of ``/v1/embeddings``. Called on the server's event loop while the
+        inference thread runs a batch: an implementation must not share mutable state (a
+        tokenizer's truncation and padding settings) with inference."""
         return [len(t.split()) + 2 for t in texts]
 
     def check_questions(self, questions: Sequence[str]) -> None:

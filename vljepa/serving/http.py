@@ -261,11 +261,6 @@ class Batcher:
         self._wakeup.set()
         return await future
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the inference thread, between batches (what shares state with
-        the model, e.g. its tokenizer, which is not safe to call from two threads at once)."""
-        return await self._loop.run_in_executor(self._executor, fn, *args)
-
     async def _run(self) -> None:
         cfg, loop = self.config, self._loop
         while True:
@@ -681,8 +676,8 @@ class Server:
             rows[i] = r
         for (i, _, _), r in zip(images, image_rows):
             rows[i] = r
-        tokens = sum(await self.batcher.call(self.backend.count_tokens,
-                                             [t for _, t, _ in texts])) if texts else 0
+        # counted here, not on the inference thread: a hop there would wait for a whole batch
+        tokens = sum(self.backend.count_tokens([t for _, t, _ in texts])) if texts else 0
         return {"object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": _encode(r, fmt)}
                          for i, r in enumerate(rows)],

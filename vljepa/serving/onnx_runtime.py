@@ -84,7 +84,7 @@ class OnnxBackend(Backend):
                                         providers=["CPUExecutionProvider"])
         self.x_encoder, self.predictor = session("x_encoder"), session("predictor")
         self.text = session("text") if "text" in meta["graphs"] else None
-        self.tokenizer = None
+        self.tokenizer = self._counter = None  # _counter: count_tokens' own copy
         if self.text is not None:
             from tokenizers import Tokenizer
             self.tokenizer = Tokenizer.from_file(str(d / meta["text"]["tokenizer"]))
@@ -202,8 +202,12 @@ class OnnxBackend(Backend):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self.tokenizer is None:
             return super().count_tokens(texts)
-        ids, mask = self._tokenize([t.strip() for t in texts], int(self.meta["text"]["max_length"]))
-        return [int(m.sum()) for m in mask]
+        if self._counter is None:  # a copy of its own: inference may be tokenizing meanwhile
+            from tokenizers import Tokenizer
+            self._counter = Tokenizer.from_str(self.tokenizer.to_str())
+            self._counter.no_padding()
+            self._counter.enable_truncation(int(self.meta["text"]["max_length"]))
+        return [len(e.ids) for e in self._counter.encode_batch([t.strip() for t in texts])]
 
     def check_questions(self, questions: Sequence[str]) -> None:
         if self.query_source != "stored" and (self.text is not None or self._table is not None):

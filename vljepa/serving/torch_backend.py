@@ -9,6 +9,8 @@ inputs; scores may differ from a one-by-one call by float32 rounding, about 1e-7
 """
 from __future__ import annotations
 
+import copy
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,6 +41,7 @@ class TorchBackend(Backend):
                             f"got a {type(model).__name__}")
         self.model = model.eval()
         self.lean = isinstance(model, ServingModel)
+        self._counter = None  # the tokenizer count_tokens uses (made on first use)
         self.kind = "torch-lean" if self.lean else "torch"
         self.embed_dim = int(model.config.embed_dim)
         self.candidates = list(model.answers) if model.answers else None
@@ -108,7 +111,9 @@ class TorchBackend(Backend):
         y = self.model.y_encoder
         if y.cfg.backend != "sentence-transformers":
             return super().count_tokens(texts)
-        enc = y.model.tokenizer(list(texts), truncation=True, max_length=y.cfg.max_length)
+        if self._counter is None:  # a copy of its own: inference may be tokenizing meanwhile
+            self._counter = copy.deepcopy(y.model.tokenizer)
+        enc = self._counter(list(texts), truncation=True, max_length=y.cfg.max_length)
         return [len(ids) for ids in enc["input_ids"]]
 
     def check_questions(self, questions: Sequence[str]) -> None:
