@@ -530,6 +530,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "results" / "paraphrase"), help="output directory")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--card", action="store_true",
+                    help="also put the per-type table into the (one) model's card: its "
+                         "config.json and README.md are rewritten, its weights unchanged")
     ap.add_argument("--text-neighbours", action="store_true",
                     help="also report how often all-MiniLM-L6-v2's nearest training question "
                          "(by sentence embedding) has the rewording's meaning")
@@ -582,7 +585,26 @@ def main(argv=None) -> dict:
                  + (f"\n## The text encoder's own reading\n\n{neighbour_text[0]}\n\n"
                     + markdown_table(neighbour_text[1]) + "\n" if neighbours else ""))
     print(f"\nwrote {out / 'results.json'} and {out / 'results.md'}; wall time {seconds:.1f} s")
+    if args.card:
+        if len(models) != 1:
+            raise SystemExit(f"--card takes one model, got {len(models)}")
+        [(name, path)] = models.items()
+        write_card(path, markdown_table(summary), info, args)
+        print(f"wrote the table into {path}'s model card")
     return results
+
+
+def write_card(path: str, table: str, info: str, args) -> None:
+    """Put ``table`` (with ``info`` and the command) into the card of the model saved at
+    ``path``: reloaded and saved again in place (atomic writes), so config.json keeps it."""
+    model = vljepa.load(path)
+    command = (f"python eval/paraphrase.py MODEL --n-images {args.n_images} --seed {args.seed}")
+    body = (f"Questions in wordings no training question has ({len(PARAPHRASES)} hand-written "
+            f"wordings in six types, negations with the answer flipped): {info}.\n\n{table}\n\n"
+            f"```bash\n{command}\n```")
+    model.card = {**(model.card or {}), "evaluations": {
+        **((model.card or {}).get("evaluations") or {}), "Reworded questions": body}}
+    model.save_pretrained(path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from hub_standin import HubStandIn
 
 REPO = "owner/tiny-vljepa"
 CARD = {"datasets": ["easy_vqa"], "metrics": {"test/acc": 0.5},
-        "recipe": "python train.py experiment=tiny"}
+        "recipe": "python train.py experiment=tiny",
+        "evaluations": {"Reworded questions": "| type | acc |\n|---|---|\n| negation | 0.9 |"}}
 
 # The client side of the round trip; writes what it found as JSON to argv[1].
 ROUND_TRIP = r"""
@@ -207,6 +208,7 @@ def test_uploaded_model_card_renders(round_trip, hub):
     body = card.text
     assert "## Results\n\n| metric | value |\n|---|---|\n| test/acc | 0.5000 |" in body
     assert "## Training recipe\n\n```bash\npython train.py experiment=tiny\n```" in body
+    assert "## Reworded questions\n\n| type | acc |\n|---|---|\n| negation | 0.9 |" in body
     assert "| Answer vocabulary | 2 answers |" in body
     assert "model = vljepa.load(" in body
 

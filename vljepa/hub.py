@@ -150,10 +150,12 @@ def render_card(title: str, summary: str, facts: dict[str, str], card: dict[str,
     """A model card (README.md) as the Hugging Face Hub renders it: YAML metadata (library
     name, tags, datasets, metrics; huggingface_hub's ``ModelCardData``) and a body with
     ``facts`` (a table), ``card["metrics"]`` (a table of name -> value), ``usage`` (Python) and
-    ``card["recipe"]`` (the command that trained it).
+    ``card["recipe"]`` (the command that trained it), then ``card["evaluations"]``.
 
     ``card``: what training knows, saved with the model: ``datasets`` (names), ``metrics``
-    (name -> float), ``recipe`` (a command line); every key optional.
+    (name -> float), ``recipe`` (a command line), ``evaluations`` (title -> markdown: a later
+    evaluation's table with the command that made it, e.g. eval/paraphrase.py ``--card``); every
+    key optional.
     """
     from huggingface_hub import ModelCardData
 
@@ -170,6 +172,8 @@ def render_card(title: str, summary: str, facts: dict[str, str], card: dict[str,
     lines += ["## Use", "", "```python", usage.strip(), "```", ""]
     if card.get("recipe"):
         lines += ["## Training recipe", "", "```bash", card["recipe"], "```", ""]
+    for title, body in (card.get("evaluations") or {}).items():
+        lines += [f"## {title}", "", body.strip(), ""]
     return "\n".join(lines)
 
 
