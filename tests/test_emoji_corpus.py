@@ -196,6 +196,43 @@ def test_split_edge_cases_and_errors(tiny):
                                                    if real[i]["artist"] == "twitter"}
 
 
+def test_caption_splits_keep_held_out_names_and_artist_out_of_training(tiny, tmp_path):
+    """vljepa.data.captions.corpus_splits / emoji_corpus (data=emoji_corpus): no train or val
+    record has the held-out artist or a held-out name; every test record sits in its cell; a
+    subsample for the scaling curve keeps the test cells; the datasets carry the pictures."""
+    from vljepa.data import captions
+
+    out, _, _ = tiny
+    rows = ec.load_manifest(out)
+    sp = captions.corpus_splits(out, held_out_artist="microsoft", held_out_names=0.3,
+                                val_names=0.2, seed=0)
+    held_bases, held_names = ec.held_out_names(rows, 0.3, 0)
+    seen = sp["train"] + sp["val"]
+    assert sp["train"] and sp["val"] and sp["test"]
+    assert all(r["artist"] != "microsoft" for r in seen)
+    assert not {r["name"] for r in seen} & held_names
+    assert not {r["base"] for r in seen} & held_bases
+    assert not {r["name"] for r in sp["val"]} & {r["name"] for r in sp["train"]}
+    trained = {r["name"] for r in sp["train"]}
+    for r in sp["test"]:
+        new_artist, new_name = r["artist"] == "microsoft", r["name"] in held_names
+        assert r["cell"] == ("new name / new artist" if new_artist and new_name else
+                             "new name / seen artist" if new_name else "seen name / new artist")
+        assert new_name or r["name"] in trained
+    small = captions.corpus_splits(out, "microsoft", 0.3, 0.2, seed=0, max_train_images=3)
+    assert len(small["train"]) == 3 and small["test"] == sp["test"] and small["val"] == sp["val"]
+    ds = captions.emoji_corpus("test", out, "microsoft", 0.3, 0.2)
+    assert ds["name"] == [r["name"] for r in sp["test"]] == ds["caption"]
+    assert ds["cell"] == [r["cell"] for r in sp["test"]]
+    assert ds[0]["image"]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="emoji_corpus build"):
+        captions.emoji_corpus("train", tmp_path / "none")
+    with pytest.raises(ValueError, match="holds 64-px pictures"):
+        captions.emoji_corpus("train", out, image_size=128)
+    with pytest.raises(ValueError, match="held_out_names"):
+        captions.emoji_corpus("train", out, test_fraction=0.2)
+
+
 def test_captions_and_names():
     assert ec.make_captions("grinning face", ["face", "smile", "happy", ":D", "joy", "grin"],
                             "emoji") == [

@@ -24,12 +24,13 @@ from vljepa.training.checkpointing import (AtomicCheckpointIO, check_output_dir,
                                            remove_stale_temps)
 
 # Tolerance of "resumed == uninterrupted". The data order, the optimizer state and every
-# random state are restored exactly (the test checks the batches and the first resumed steps
-# bit for bit), but the frozen Y-encoder memoises target embeddings computed in padded batches:
+# random state are restored exactly (the test checks the batches step by step), but the frozen Y-encoder memoises target embeddings computed in padded batches:
 # which texts share a batch (and so its padding length) depends on what was seen before, and a
 # resumed run has seen less. That changes S_Y in the 7th significant digit, and the weights by
-# ~5e-5 after a few more steps (measured: 5.5e-5 after 7 steps). Two uninterrupted runs are
-# bit-identical.
+# ~5e-5 after a few more steps (measured: 5.5e-5 after 7 steps). The question states are
+# memoised the same way, and with the default recipe's generated rewordings new questions keep
+# arriving, so even the first resumed step differs in the 7th digit (measured: 6e-8 relative).
+# Two uninterrupted runs are bit-identical.
 WEIGHT_ATOL = 1e-3
 LOSS_RTOL = 1e-4
 
@@ -67,7 +68,8 @@ def test_kill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, cach
     for step in range(10, 17):  # the resumed steps: same batches in the same order
         assert a[step]["ids"] == b[step]["ids"], step
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=LOSS_RTOL)
-    assert a[10]["loss"] == b[10]["loss"]  # the first resumed step is bit-exact
+    # the first resumed step: the same batch and state, up to the memoised states' rounding
+    assert b[10]["loss"] == pytest.approx(a[10]["loss"], rel=1e-6, abs=0)
     wa, wb = _weights(ref / "checkpoints" / "last.ckpt"), _weights(last)
     assert wa.keys() == wb.keys()
     for k in wa:

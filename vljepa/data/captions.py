@@ -12,6 +12,7 @@ scikit-learn digits: the 1,797 8x8 handwritten digits, upscaled; labels are numb
 from __future__ import annotations
 
 import io
+import json
 import random
 import unicodedata
 from functools import lru_cache
@@ -218,4 +219,112 @@ def hf_captions(split: str, path: str, name: str | None = None, data_files=None,
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-CAPTION_SOURCES = {"openmoji": openmoji, "scenes": scenes, "hf": hf_captions}
+# ---- the multi-artist emoji and icon corpus (vljepa.data.emoji_corpus) ----
+
+CELLS = ("seen name / new artist", "new name / seen artist", "new name / new artist")
+
+
+def corpus_splits(corpus_dir, held_out_artist: str | None = "facebook",
+                  held_out_names: float = 0.15, val_names: float = 0.05, seed: int = 0,
+                  max_train_images: int | None = None) -> dict[str, list[dict]]:
+    """The manifest rows of each split of an emoji corpus: "train", "val", "test".
+
+    Test: every picture by ``held_out_artist`` and every picture of a held-out name (a seeded
+    ``held_out_names`` share of the names, by base: :func:`vljepa.data.emoji_corpus.split`),
+    each row tagged with its ``cell`` (:data:`CELLS`). Val: the pictures of a further seeded
+    ``val_names`` share of the remaining names (new names, seen artists: what model selection
+    sees). Train: the rest, or a seeded sample of ``max_train_images`` of it (the scaling
+    curve); no train row has a held-out artist, name or base, and none has a val name.
+
+    Raises ValueError for shares outside [0, 1), an unknown artist, or a non-positive
+    ``max_train_images``.
+    """
+    from .emoji_corpus import held_out_names as held_out, load_manifest, split
+
+    if not 0 <= val_names < 1:
+        raise ValueError(f"val_names must be in [0, 1), not {val_names}")
+    if max_train_images is not None and max_train_images < 1:
+        raise ValueError(f"max_train_images must be >= 1 or None, not {max_train_images}")
+    rows = load_manifest(corpus_dir)
+    train_ids, test_ids = split(rows, held_out_artist, held_out_names, seed)
+    held_bases, held_names = held_out(rows, held_out_names, seed)
+    by_id = {r["id"]: r for r in rows}
+    train = [by_id[i] for i in train_ids]
+    # validation: new names among the artists seen in training
+    _, val_ids = split(train, None, val_names, seed + 1)
+    val_set = set(val_ids)
+    val = [r for r in train if r["id"] in val_set]
+    train = [r for r in train if r["id"] not in val_set]
+    trained_names = {r["name"] for r in train}  # before any subsample: the cells stay fixed
+    if max_train_images is not None and max_train_images < len(train):
+        keep = set(random.Random(f"{seed}/train").sample(range(len(train)), max_train_images))
+        train = [r for i, r in enumerate(train) if i in keep]
+    test = []
+    for i in test_ids:
+        r = by_id[i]
+        new_artist = r["artist"] == held_out_artist
+        new_name = r["base"] in held_bases or r["name"] in held_names
+        if new_name:
+            cell = CELLS[2] if new_artist else CELLS[1]
+        elif r["name"] in trained_names:
+            cell = CELLS[0]
+        else:
+            continue  # the held-out artist's picture of a name only it (or val) has: no cell
+        test.append({**r, "cell": cell})
+    return {"train": train, "val": val, "test": test}
+
+
+def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "facebook",
+                 held_out_names: float = 0.15, val_names: float = 0.05,
+                 max_train_images: int | None = None, image_size: int | None = None,
+                 seed: int = 0, test_fraction=None, val_fraction=None) -> datasets.Dataset:
+    """One split of an emoji corpus (``python -m vljepa.data.emoji_corpus build --out DIR``) as
+    image-caption pairs: columns image (PNG bytes, ``datasets.Image(decode=False)``), caption
+    (the picture's name, e.g. "grinning face"), artist, set, name, cell (test only; else "").
+    Splits as :func:`corpus_splits`; ``corpus_dir`` defaults to ``<cache>/emoji_corpus/corpus``.
+
+    ``image_size``: None or the corpus's own size (pictures are stored rendered; the
+    X-encoder's transform resizes them). ``test_fraction`` / ``val_fraction`` are
+    CaptionDataModule's generic names: pass ``held_out_names`` / ``val_names`` instead.
+
+    Raises FileNotFoundError without a built corpus (naming the build command), ValueError for
+    another ``image_size`` or an unknown split.
+    """
+    from pathlib import Path
+
+    from .cache import default_cache_dir
+    from .emoji_corpus import open_chunks
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"an emoji corpus has the splits train, val and test, not {split!r}")
+    if test_fraction is not None or val_fraction is not None:
+        raise ValueError("an emoji corpus splits by name: set held_out_names / val_names "
+                         "(data.source_kwargs), and test_fraction / val_fraction to null")
+    d = Path(corpus_dir) if corpus_dir else default_cache_dir() / "emoji_corpus" / "corpus"
+    if not (d / "corpus.json").is_file():
+        raise FileNotFoundError(f"no emoji corpus at {d} (no corpus.json): build it with "
+                                f"python -m vljepa.data.emoji_corpus build --out {d}")
+    size = json.loads((d / "corpus.json").read_text())["size"]
+    if image_size is not None and image_size != size:
+        raise ValueError(f"the corpus at {d} holds {size}-px pictures; image_size={image_size} "
+                         f"would need a rebuild (build --size {image_size}) or image_size=null")
+    rows = corpus_splits(d, held_out_artist, held_out_names, val_names, seed,
+                         max_train_images)[split]
+    wanted = {r["index"]: r for r in rows}
+    images: dict[int, bytes] = {}
+    for item in open_chunks(d):  # chunk order = manifest order
+        if item["index"] in wanted:
+            images[item["index"]] = item["image"]
+    order = sorted(wanted)
+    return datasets.Dataset.from_dict({
+        "image": [{"bytes": images[i], "path": None} for i in order],
+        "caption": [wanted[i]["name"] for i in order],
+        "artist": [wanted[i]["artist"] for i in order],
+        "set": [wanted[i]["set"] for i in order],
+        "name": [wanted[i]["name"] for i in order],
+        "cell": [wanted[i].get("cell", "") for i in order],
+    }).cast_column("image", datasets.Image(decode=False))
+
+
+CAPTION_SOURCES = {"openmoji": openmoji, "scenes": scenes, "hf": hf_captions,
+                   "emoji_corpus": emoji_corpus}

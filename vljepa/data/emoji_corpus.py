@@ -963,15 +963,22 @@ def split(manifest: Sequence[dict[str, Any]] | str | os.PathLike,
     artists = {r["artist"] for r in rows}
     if held_out_artist is not None and held_out_artist not in artists:
         raise ValueError(f"artist {held_out_artist!r} is not in the manifest: {sorted(artists)}")
-    bases = sorted({r["base"] for r in rows})
-    random.Random(seed).shuffle(bases)
-    held = set(bases[:round(len(bases) * held_out_name_fraction)])
-    held_names = {r["name"] for r in rows if r["base"] in held}
+    held, held_names = held_out_names(rows, held_out_name_fraction, seed)
     train, test = [], []
     for r in rows:
         out = r["artist"] == held_out_artist or r["base"] in held or r["name"] in held_names
         (test if out else train).append(r["id"])
     return train, test
+
+
+def held_out_names(rows: Sequence[dict[str, Any]], fraction: float, seed: int = 0
+                   ) -> tuple[set[str], set[str]]:
+    """The bases :func:`split` holds out (``round(fraction x distinct bases)`` of them, by a
+    seeded shuffle of the sorted bases) and every name of theirs."""
+    bases = sorted({r["base"] for r in rows})
+    random.Random(seed).shuffle(bases)
+    held = set(bases[:round(len(bases) * fraction)])
+    return held, {r["name"] for r in rows if r["base"] in held}
 
 
 # ---------------------------------------------------------------- command line ----

@@ -1,0 +1,133 @@
+"""Zero-shot on names and styles never seen in training: the three cells of the emoji corpus.
+
+    python eval/emoji_cells.py VL-JEPA=checkpoints/emoji_stage1/model \
+        linear=checkpoints/emoji_stage1_linear/model [openmoji=checkpoints/openmoji_stage1/model]
+        [--corpus DIR] [--out results/emoji_cells]
+
+The test split of the corpus (vljepa.data.captions.corpus_splits, the defaults of
+configs/data/emoji_corpus.yaml: Facebook's pictures and 15% of the names held out, seed 0) has
+three cells: seen name / new artist (Facebook's pictures of names trained in other styles), new
+name / seen artist (held-out names in the training artists' styles) and new name / new artist
+(held-out names drawn by Facebook). In each cell every picture is classified among the cell's
+own distinct names (top-1 / top-5 %, CLIP-style zero-shot: ``VLJEPA.text_classifier``), once
+with the bare name ("plain") and once with a prompt ensemble (:data:`ENSEMBLE`, open_clip's
+averaged template embeddings). Retrieval on the held-out names (new name / seen artist):
+text -> image R@1 / R@5 (% of names with one of their pictures among the top K of the cell's
+pictures) and image -> text R@1 / R@5 (= top-1 / top-5 plain). Writes results.json and
+results.md under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+import vljepa
+from vljepa.data.captions import CELLS, corpus_splits
+from vljepa.data.emoji_corpus import open_chunks
+from vljepa.hub import atomic_write
+from vljepa.profiling import Stopwatch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENSEMBLE = ["{}", "an emoji of {}", "an icon of {}", "a drawing of {}", "a picture of {}",
+            "a small image of {}"]
+
+
+def test_pictures(corpus: Path, seed: int = 0) -> tuple[list[dict], list[bytes]]:
+    """The test rows (with their ``cell``) and their PNG bytes, in manifest order."""
+    rows = corpus_splits(corpus, seed=seed)["test"]
+    wanted = {r["index"] for r in rows}
+    png = {it["index"]: it["image"] for it in open_chunks(corpus) if it["index"] in wanted}
+    return rows, [png[r["index"]] for r in rows]
+
+
+def topk(scores: torch.Tensor, gold: torch.Tensor, k: int) -> float:
+    """% of rows of ``scores`` (B, C) whose ``gold`` column is among their k best."""
+    k = min(k, scores.shape[1])
+    return 100.0 * (scores.topk(k, dim=1).indices == gold[:, None]).any(1).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate(model, rows: list[dict], images: list, batch_size: int = 256) -> dict:
+    """Top-1 / top-5 per cell (plain and ensemble) and retrieval R@1 / R@5 on held-out names."""
+    from PIL import Image
+
+    z = model.embed_image([Image.open(io.BytesIO(b)).convert("RGB") for b in images],
+                          batch_size=batch_size)  # (N, D), unit norm
+    out: dict = {}
+    for cell in CELLS:
+        idx = [i for i, r in enumerate(rows) if r["cell"] == cell]
+        names = sorted({rows[i]["name"] for i in idx})
+        pos = {n: j for j, n in enumerate(names)}
+        gold = torch.tensor([pos[rows[i]["name"]] for i in idx])
+        res = {"pictures": len(idx), "names": len(names)}
+        for how, templates in (("plain", None), ("ensemble", ENSEMBLE)):
+            s = z[idx] @ model.text_classifier(names, templates).T  # (n, C) cosines
+            res[f"{how}_top1"], res[f"{how}_top5"] = topk(s, gold, 1), topk(s, gold, 5)
+        if cell == CELLS[1]:  # retrieval over the held-out names in seen styles
+            w = model.text_classifier(names)
+            by_name = defaultdict(set)
+            for j, i in enumerate(idx):
+                by_name[rows[i]["name"]].add(j)
+            best = (w @ z[idx].T).topk(5, dim=1).indices  # (C, 5) pictures per name
+            for k in (1, 5):
+                res[f"t2i_R@{k}"] = 100.0 * sum(bool(by_name[n] & set(best[c, :k].tolist()))
+                                                for c, n in enumerate(names)) / len(names)
+            res["i2t_R@1"], res["i2t_R@5"] = res["plain_top1"], res["plain_top5"]
+        out[cell] = res
+    return out
+
+
+def table(results: dict) -> str:
+    cols = [(c, m) for c in CELLS for m in ("plain_top1", "plain_top5", "ensemble_top1",
+                                              "ensemble_top5")]
+    head = ["model"] + [f"{c}: {m.replace('_', ' ')}" for c, m in cols] + \
+        [f"held-out names {m}" for m in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        vals = [f"{r['cells'][c][m]:.1f}" for c, m in cols] + \
+            [f"{r['cells'][CELLS[1]][m]:.1f}" for m in ("t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5")]
+        lines.append("| " + " | ".join([name] + vals) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("models", nargs="+", help="NAME=MODEL pairs (saved model dirs)")
+    ap.add_argument("--corpus", default=None,
+                    help="the corpus (default: <cache>/emoji_corpus/corpus)")
+    ap.add_argument("--seed", type=int, default=0, help="the split seed (the training data.seed)")
+    ap.add_argument("--out", default=str(ROOT / "results" / "emoji_cells"))
+    args = ap.parse_args(argv)
+    from vljepa.data.cache import default_cache_dir
+
+    corpus = Path(args.corpus or default_cache_dir() / "emoji_corpus" / "corpus")
+    rows, images = test_pictures(corpus, args.seed)
+    counts = {c: sum(r["cell"] == c for r in rows) for c in CELLS}
+    results = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep:
+            ap.error(f"expected NAME=MODEL, got {item!r}")
+        with Stopwatch() as watch:
+            results[name] = {"path": path, "cells": evaluate(vljepa.load(path), rows, images)}
+        results[name]["seconds"] = round(watch.seconds, 1)
+    info = (f"{len(rows):,} test pictures of {corpus} (split seed {args.seed}): "
+            + ", ".join(f"{c} {n:,}" for c, n in counts.items()))
+    text = table(results)
+    print(info + "\n\n" + text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", lambda p: Path(p).write_text(
+        json.dumps({"info": info, "models": results}, indent=2) + "\n"))
+    atomic_write(out / "results.md", lambda p: Path(p).write_text(
+        f"# Zero-shot on the emoji corpus's three cells\n\n{info}\n\n{text}\n"))
+    return results
+
+
+if __name__ == "__main__":
+    main()
