@@ -5,6 +5,7 @@ Build (issue 26, item 1)::
     python -m vljepa.data.emoji_corpus build --out DIR [--sources emoji emoji-extra icons]
         [--limit N] [--size 64] [--cache-dir DIR] [--force]
     python -m vljepa.data.emoji_corpus sources        # the source table, presets, denylist
+    python -m vljepa.data.emoji_corpus sheet DIR OUT.png [--exclude-artists apple facebook]
 
 Sources are npm packages at pinned versions (:data:`PACKAGES`; each tarball's sha512 is pinned
 too, checked on download and on every later run, and its SHA-256 is recorded):
@@ -683,14 +684,19 @@ def contact_sheet(records: Sequence[dict[str, Any]], images: Sequence[bytes],
     rows: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         rows.setdefault(r["set"], []).append(i)
-    label_w, gap = 260, 4
-    sheet = Image.new("RGB", (label_w + per_set * (cell + gap) + gap,
-                              gap + len(rows) * (cell + gap)), (235, 235, 235))
-    draw = ImageDraw.Draw(sheet)
     try:
         font = ImageFont.load_default(size=14)
     except TypeError:  # Pillow < 10.1
         font = ImageFont.load_default()
+
+    def label(set_name: str, idx: list[int]) -> str:
+        return f"{set_name} ({records[idx[0]]['artist']}, {len(idx):,})"
+    widest = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label(s, i), font=font)
+                 for s, i in rows.items()) if cell < 60 else 0
+    label_w, gap = max(260, int(widest) + 16), 4
+    sheet = Image.new("RGB", (label_w + per_set * (cell + gap) + gap,
+                              gap + len(rows) * (cell + gap)), (235, 235, 235))
+    draw = ImageDraw.Draw(sheet)
     for row, (set_name, idx) in enumerate(rows.items()):
         y = gap + row * (cell + gap)
         by_hex = {records[i]["codepoints"]: i for i in idx if records[i]["kind"] == "emoji"}
@@ -701,9 +707,12 @@ def contact_sheet(records: Sequence[dict[str, Any]], images: Sequence[bytes],
             if idx[j] not in picks:
                 picks.append(idx[j])
         r0 = records[idx[0]]
-        draw.text((8, y + 8), set_name, fill=(0, 0, 0), font=font)
-        draw.text((8, y + 28), f"artist {r0['artist']}", fill=(60, 60, 60), font=font)
-        draw.text((8, y + 46), f"{len(idx):,} images", fill=(60, 60, 60), font=font)
+        if cell >= 60:  # three lines fit beside a picture
+            draw.text((8, y + 8), set_name, fill=(0, 0, 0), font=font)
+            draw.text((8, y + 28), f"artist {r0['artist']}", fill=(60, 60, 60), font=font)
+            draw.text((8, y + 46), f"{len(idx):,} images", fill=(60, 60, 60), font=font)
+        else:  # one line
+            draw.text((8, y + cell // 2 - 8), label(set_name, idx), fill=(0, 0, 0), font=font)
         for k, i in enumerate(picks):
             im = Image.open(io.BytesIO(images[i])).convert("RGB")
             if im.size != (cell, cell):
@@ -1008,7 +1017,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--chunk-mb", type=int, default=64)
     b.add_argument("--min-chunks", type=int, default=64)
     sub.add_parser("sources", help="list the sources, presets and the denylist")
+    sh = sub.add_parser("sheet", help="a contact sheet of a built corpus (a row per set)")
+    sh.add_argument("corpus", help="the corpus directory")
+    sh.add_argument("out", help="the PNG to write")
+    sh.add_argument("--exclude-artists", nargs="*", default=[],
+                    help="artists to leave out (e.g. those whose licence forbids reuse)")
+    sh.add_argument("--per-set", type=int, default=12)
+    sh.add_argument("--cell", type=int, default=64, help="px per picture")
     args = parser.parse_args(argv)
+    if args.command == "sheet":
+        rows = [r for r in load_manifest(args.corpus) if r["artist"] not in args.exclude_artists]
+        wanted = {r["index"] for r in rows}
+        png = {it["index"]: it["image"] for it in open_chunks(args.corpus)
+               if it["index"] in wanted}
+        contact_sheet(rows, [png[r["index"]] for r in rows], args.out, args.per_set, args.cell)
+        return 0
     if args.command == "sources":
         print(json.dumps({"sources": {k: {"package": PACKAGES[s.package].spec, "artist": s.artist,
                                           "kind": s.kind} for k, s in SOURCES.items()},
