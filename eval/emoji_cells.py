@@ -28,7 +28,7 @@ import torch
 
 import vljepa
 from vljepa.data.captions import CELLS, corpus_splits
-from vljepa.data.emoji_corpus import open_chunks
+from vljepa.data.emoji_corpus import read_images
 from vljepa.hub import atomic_write
 from vljepa.profiling import Stopwatch
 
@@ -40,9 +40,7 @@ ENSEMBLE = ["{}", "an emoji of {}", "an icon of {}", "a drawing of {}", "a pictu
 def test_pictures(corpus: Path, seed: int = 0) -> tuple[list[dict], list[bytes]]:
     """The test rows (with their ``cell``) and their PNG bytes, in manifest order."""
     rows = corpus_splits(corpus, seed=seed)["test"]
-    wanted = {r["index"] for r in rows}
-    png = {it["index"]: it["image"] for it in open_chunks(corpus) if it["index"] in wanted}
-    return rows, [png[r["index"]] for r in rows]
+    return rows, read_images(corpus, rows)
 
 
 def topk(scores: torch.Tensor, gold: torch.Tensor, k: int) -> float:

@@ -293,7 +293,7 @@ def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "fac
     from pathlib import Path
 
     from .cache import default_cache_dir
-    from .emoji_corpus import open_chunks
+    from .emoji_corpus import read_images
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"an emoji corpus has the splits train, val and test, not {split!r}")
@@ -308,21 +308,16 @@ def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "fac
     if image_size is not None and image_size != size:
         raise ValueError(f"the corpus at {d} holds {size}-px pictures; image_size={image_size} "
                          f"would need a rebuild (build --size {image_size}) or image_size=null")
-    rows = corpus_splits(d, held_out_artist, held_out_names, val_names, seed,
-                         max_train_images)[split]
-    wanted = {r["index"]: r for r in rows}
-    images: dict[int, bytes] = {}
-    for item in open_chunks(d):  # chunk order = manifest order
-        if item["index"] in wanted:
-            images[item["index"]] = item["image"]
-    order = sorted(wanted)
+    rows = sorted(corpus_splits(d, held_out_artist, held_out_names, val_names, seed,
+                                max_train_images)[split], key=lambda r: r["index"])
+    images = read_images(d, rows)
     return datasets.Dataset.from_dict({
-        "image": [{"bytes": images[i], "path": None} for i in order],
-        "caption": [wanted[i]["name"] for i in order],
-        "artist": [wanted[i]["artist"] for i in order],
-        "set": [wanted[i]["set"] for i in order],
-        "name": [wanted[i]["name"] for i in order],
-        "cell": [wanted[i].get("cell", "") for i in order],
+        "image": [{"bytes": b, "path": None} for b in images],
+        "caption": [r["name"] for r in rows],
+        "artist": [r["artist"] for r in rows],
+        "set": [r["set"] for r in rows],
+        "name": [r["name"] for r in rows],
+        "cell": [r.get("cell", "") for r in rows],
     }).cast_column("image", datasets.Image(decode=False))
 
 

@@ -947,6 +947,14 @@ def open_chunks(corpus_dir: str | os.PathLike, **kwargs):
     return StreamingDataset(str(Path(corpus_dir) / "chunks"), **kwargs)
 
 
+def read_images(corpus_dir: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The PNG bytes of manifest ``rows`` (any subset, any order), read in one pass over the
+    corpus's chunks."""
+    wanted = {r["index"] for r in rows}
+    png = {it["index"]: it["image"] for it in open_chunks(corpus_dir) if it["index"] in wanted}
+    return [png[r["index"]] for r in rows]
+
+
 def split(manifest: Sequence[dict[str, Any]] | str | os.PathLike,
           held_out_artist: str | None = None, held_out_name_fraction: float = 0.1,
           seed: int = 0) -> tuple[list[str], list[str]]:
@@ -1027,10 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "sheet":
         rows = [r for r in load_manifest(args.corpus) if r["artist"] not in args.exclude_artists]
-        wanted = {r["index"] for r in rows}
-        png = {it["index"]: it["image"] for it in open_chunks(args.corpus)
-               if it["index"] in wanted}
-        contact_sheet(rows, [png[r["index"]] for r in rows], args.out, args.per_set, args.cell)
+        contact_sheet(rows, read_images(args.corpus, rows), args.out, args.per_set, args.cell)
         return 0
     if args.command == "sources":
         print(json.dumps({"sources": {k: {"package": PACKAGES[s.package].spec, "artist": s.artist,
