@@ -401,10 +401,10 @@ def _encode(row: np.ndarray, fmt: str) -> np.ndarray | str:
 
 
 def _json_bytes(out: dict) -> bytes:
-    """A response as JSON bytes; embeddings (float32 arrays) as lists of numbers, each the
-    shortest decimal that reads back as the same float32. orjson (the ``serve`` extra) does it
-    ~15x faster than the json module (measured: 8 vs 128 us for one 256-d embedding), time the
-    event loop otherwise holds the GIL per request; without orjson the json module is used."""
+    """A response as JSON bytes, embeddings (float32 arrays) as lists of numbers. orjson (the
+    ``serve`` extra) writes each as the shortest decimal that reads back as the same float32,
+    ~15x faster than the json module (measured: 8 vs 128 us for one 256-d embedding); without
+    orjson the json module writes them as float64 decimals of the same values."""
     try:
         import orjson
     except ImportError:
