@@ -53,9 +53,12 @@ def test_parity_with_torch_on_easy_vqa(torch_model, export_dir, test_set):
     assert b.query_source == "text_hidden" and b.candidates == torch_model.answers
     images = [load_image(p) for p, _, _ in test_set]
     questions = [q for _, q, _ in test_set]
-    px = np.stack([b.preprocess(im) for im in images])
-    # preprocessing in numpy equals the X-encoder's own, bit for bit
-    np.testing.assert_array_equal(px[0], torch_model.x_encoder.transform(images[0]).numpy())
+    px = np.stack([b.preprocess(im) for im in images])  # (B, H, W, 3) uint8, resized, cropped
+    assert px.dtype == np.uint8 and px.shape[1:] == (*b.image_size, 3)
+    # preprocessing in numpy (resize and crop per image, normalisation per batch) equals the
+    # X-encoder's own, bit for bit
+    np.testing.assert_array_equal(b.float_pixels(px[:3]), np.stack(
+        [torch_model.x_encoder.transform(im).numpy() for im in images[:3]]))
     ref = torch_model.predict(images, questions).numpy()
     assert (b.predict(px, questions) * ref).sum(1).min() >= 1 - 1e-4
     answers, scores = b.answer(px, questions)

@@ -99,6 +99,28 @@ def test_lean_preprocessing_equals_the_x_encoders(model):
         assert torch.equal(lean(img), model.x_encoder.transform(img)), (h, w)
 
 
+def test_server_preprocessing_per_batch_equals_the_x_encoders(model, bundle):
+    """The HTTP server resizes and crops per request (uint8) and normalises per batch: the same
+    bits as the model's own transform, for the full model and a lean bundle; another
+    transform is run whole, per image."""
+    from vljepa.serving.torch_backend import TorchBackend
+
+    g = np.random.default_rng(2)
+    imgs = [Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for h, w in ((64, 64), (480, 640), (65, 300), (3, 5))]
+    want = np.stack([model.x_encoder.transform(im).numpy() for im in imgs])
+    for b in (TorchBackend(model), TorchBackend(vljepa.load(bundle, lean=True))):
+        px = np.stack([b.preprocess(im) for im in imgs])
+        assert px.dtype == np.uint8 and px.shape == (4, *b.image_size, 3)
+        np.testing.assert_array_equal(b.float_pixels(px), want)
+    b = TorchBackend(model)
+    b.pixel_spec, b.transform = None, lambda im: model.x_encoder.transform(im) * 2
+    px = np.stack([b.preprocess(im) for im in imgs])
+    assert px.dtype == np.float32 and np.array_equal(b.float_pixels(px), want * 2)
+    with pytest.raises(ValueError, match="pixel_spec"):
+        b.float_pixels(np.zeros((1, 8, 8, 3), np.uint8))
+
+
 def test_a_question_or_candidate_not_stored_is_a_clear_error(bundle, images):
     lean = vljepa.load(bundle, lean=True)
     with pytest.raises(NotInBundleError, match="what colour is it"):

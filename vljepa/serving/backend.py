@@ -4,8 +4,11 @@ Runtime without torch: :mod:`~vljepa.serving.onnx_runtime`), and the decoding of
 clients send (base64 data URLs).
 
 A :class:`Backend` takes images already preprocessed (:meth:`Backend.preprocess`, per image, in
-the request's thread) and runs the network on batches (:meth:`Backend.embed_images`,
-:meth:`Backend.predict`, :meth:`Backend.embed_texts`) from the server's one inference thread.
+the request's thread: decoded, resized and cropped, still uint8) and runs the network on batches
+(:meth:`Backend.embed_images`, :meth:`Backend.predict`, :meth:`Backend.embed_texts`) from the
+server's one inference thread, which normalises a batch's pixels in one operation
+(:meth:`Backend.float_pixels`) rather than image by image: per-request work on the event loop is
+what batching cannot share.
 All embeddings are float32 rows of unit L2 norm, width D (``embed_dim``).
 
 Standard library, numpy and PIL only: importing this module imports no torch.
@@ -57,6 +60,7 @@ class Backend:
         logit_scale: the CLIP-style inverse temperature :meth:`classify` uses (``exp`` of the
             model's learned logit scale, at most 100).
         image_size: (H, W) of the preprocessed pixels.
+        pixel_spec: the eval preprocessing as data (:func:`resize_crop`), or None.
     """
 
     kind = "?"
@@ -71,18 +75,37 @@ class Backend:
 
     # ---- what subclasses implement ----
 
+    # the ``resize`` / ``interpolation`` / ``crop`` / ``mean`` / ``std`` of the model's eval
+    # preprocessing (:func:`resize_crop`), or None: :meth:`preprocess` is the model's own
+    # transform, whole, and returns normalised float32 pixels
+    pixel_spec: dict[str, Any] | None = None
+
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB PIL image -> the X-encoder's input (3, H, W) float32 (its own eval
-        preprocessing). Thread-safe: requests run it in parallel."""
-        raise NotImplementedError
+        """An RGB PIL image -> the X-encoder's input, resized and cropped: (H, W, 3) uint8 when
+        :attr:`pixel_spec` is set (normalised later, a batch at a time), else (3, H, W) float32
+        normalised. Thread-safe: requests run it in parallel."""
+        if self.pixel_spec is None:
+            raise NotImplementedError
+        return resize_crop(image, self.pixel_spec)
+
+    def float_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """A stack of :meth:`preprocess` outputs -> (B, 3, H, W) float32, normalised: (B, H, W,
+        3) uint8 through :func:`normalize_pixels`, float32 as it is. Raises ValueError for
+        uint8 pixels on a backend without :attr:`pixel_spec`."""
+        if pixels.dtype != np.uint8:
+            return np.ascontiguousarray(pixels, np.float32)
+        if self.pixel_spec is None:
+            raise ValueError("uint8 pixels need the model's pixel_spec (mean and std)")
+        return normalize_pixels(pixels, self.pixel_spec)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        """Preprocessed pixels (B, 3, H, W) float32 -> query-free image embeddings (B, D)
-        float32, unit norm (``VLJEPA.embed_image``)."""
+        """Preprocessed pixels (a stack of :meth:`preprocess` outputs: (B, H, W, 3) uint8 or
+        (B, 3, H, W) float32) -> query-free image embeddings (B, D) float32, unit norm
+        (``VLJEPA.embed_image``)."""
         raise NotImplementedError
 
     def predict(self, pixels: np.ndarray, questions: Sequence[str]) -> np.ndarray:
-        """Pixels (B, 3, H, W) float32 and B questions -> Ŝ_Y (B, D) float32, unit norm
+        """Pixels (as :meth:`embed_images`) and B questions -> Ŝ_Y (B, D) float32, unit norm
         (``VLJEPA.predict``). Raises InputError for a question it cannot read."""
         raise NotImplementedError
 
@@ -217,27 +240,43 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
     return to_rgb(img)
 
 
-def resize_crop_normalize(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """torchvision's eval preprocessing (Resize of the short side, CenterCrop, ToTensor,
-    Normalize) in PIL and numpy, with the same PIL calls and float32 operations as
-    :class:`vljepa.serving.lean_cnn.LeanTransform`: RGB image -> (3, H, W) float32.
+_INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
+                   "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "box": Image.BOX,
+                   "hamming": Image.HAMMING}
+
+
+def resize_crop(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """The PIL half of torchvision's eval preprocessing (Resize of the short side, then
+    CenterCrop), with the same PIL calls as :class:`vljepa.serving.lean_cnn.LeanTransform`:
+    RGB image -> (H, W, 3) uint8. :func:`normalize_pixels` does the rest, a batch at a time.
 
     ``spec``: ``resize`` (short side, px), ``interpolation`` (PIL name: "bilinear", "bicubic",
-    ...), ``crop`` ([H, W]), ``mean`` and ``std`` (3 floats each)."""
-    interp = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-              "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+    ...), ``crop`` ([H, W]); ``mean`` and ``std`` are read by :func:`normalize_pixels`."""
     size = int(spec["resize"])
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), interp[spec["interpolation"]])
+        img = img.resize((new_w, new_h), _INTERPOLATIONS[spec["interpolation"]])
     ch, cw = (int(v) for v in spec["crop"])
     top, left = int(round((new_h - ch) / 2.0)), int(round((new_w - cw) / 2.0))
     img = img.crop((left, top, left + cw, top + ch))
-    x = np.asarray(img, np.uint8).reshape(ch, cw, 3).transpose(2, 0, 1).astype(np.float32)
-    x = x / np.float32(255)
-    mean = np.asarray(spec["mean"], np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec["std"], np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, np.float32)
+    return np.asarray(img, np.uint8).reshape(ch, cw, 3)
+
+
+def normalize_pixels(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """The tensor half of torchvision's eval preprocessing (ToTensor, Normalize) on a batch:
+    (B, H, W, 3) uint8 -> (B, 3, H, W) float32, ``(x / 255 - mean) / std`` per channel, the same
+    float32 operations as ToTensor and Normalize per image (so the same bits)."""
+    x = np.asarray(pixels, np.uint8).astype(np.float32) / np.float32(255)  # (B, H, W, 3)
+    x -= np.asarray(spec["mean"], np.float32)  # channels last: contiguous, broadcast over 3
+    x /= np.asarray(spec["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def resize_crop_normalize(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    """torchvision's eval preprocessing (Resize of the short side, CenterCrop, ToTensor,
+    Normalize) in PIL and numpy: RGB image -> (3, H, W) float32 (:func:`resize_crop`, then
+    :func:`normalize_pixels`). ``spec`` as theirs."""
+    return normalize_pixels(resize_crop(img, spec)[None], spec)[0]

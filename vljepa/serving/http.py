@@ -430,6 +430,16 @@ def _images(body: dict, cfg: ServeConfig) -> list[tuple[Any, str]]:
     return [(v, f"images[{i}]") for i, v in enumerate(raw)]
 
 
+def _inline_size(value: Any) -> int:
+    """Characters of an image as sent (a string, or an {"image": ...} / {"image_url": ...}
+    item holding one); 1 MiB for anything else, which then decodes off the event loop."""
+    if isinstance(value, dict):
+        inner = value.get("image", value.get("image_url"))
+        inner = inner.get("url") if isinstance(inner, dict) else inner
+        return len(inner) if isinstance(inner, str) else 1 << 20
+    return len(value) if isinstance(value, str) else 1 << 20
+
+
 def _questions(body: dict, cfg: ServeConfig, n: int) -> list[str]:
     """``question`` (one for every image) or ``questions`` (one per image) -> n questions."""
     if "question" in body and "questions" in body:
@@ -631,7 +641,7 @@ class Server:
         def work() -> list[np.ndarray]:
             return [b.preprocess(decode_image(*image_bytes(v, p), max_pixels))
                     for v, p in images]
-        size = sum(len(v) if isinstance(v, str) else 1 << 20 for v, _ in images)
+        size = sum(_inline_size(v) for v, _ in images)
         if size <= self.INLINE_DECODE_CHARS:  # a few small images: no thread hand-off
             return work()
         return await asyncio.to_thread(work)

@@ -73,6 +73,7 @@ class LeanTransform:
     float32, normalised."""
 
     def __init__(self, spec: dict[str, Any]):
+        self.spec = dict(spec)
         self.size, self.crop = int(spec["resize"]), tuple(spec["crop"])
         self.interpolation = _INTERPOLATIONS[spec["interpolation"]]
         self.mean = torch.tensor(spec["mean"], dtype=torch.float32).view(-1, 1, 1)

@@ -2,7 +2,7 @@
 onnxruntime, numpy, PIL and ``tokenizers``: no torch is imported.
 
     backend = OnnxBackend("onnx/")               # what `vljepa serve onnx/` runs
-    px = np.stack([backend.preprocess(img) for img in pil_images])   # (B, 3, H, W) float32
+    px = np.stack([backend.preprocess(img) for img in pil_images])   # (B, H, W, 3) uint8
     s_hat = backend.predict(px, questions)       # (B, D) float32, unit rows
     answers, scores = backend.answer(px, questions)
 
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .backend import Backend, InputError, resize_crop_normalize
+from .backend import Backend, InputError
 
 FORMAT = "vljepa-onnx/1"  # as vljepa.serving.onnx_export writes (which imports torch)
 CONFIG_NAME = "onnx.json"
@@ -94,7 +94,7 @@ class OnnxBackend(Backend):
         tensors = load_file(str(d / TENSORS_NAME))
         self.embed_dim = int(meta["embed_dim"])
         self.logit_scale = float(meta["logit_scale"])
-        self.transform = meta["transform"]
+        self.transform = self.pixel_spec = meta["transform"]
         self.image_size = tuple(int(v) for v in self.transform["crop"])
         self.questions = list(meta["questions"])
         self.stored_candidates = list(meta["candidates"])
@@ -113,12 +113,10 @@ class OnnxBackend(Backend):
 
     # ---- Backend ----
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_crop_normalize(image, self.transform)
-
     def visual_tokens(self, pixels: np.ndarray) -> np.ndarray:
-        """Pixels (B, 3, H, W) float32 -> visual tokens (B, N, Dx) float32."""
-        return self.x_encoder.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})[0]
+        """Pixels (B, H, W, 3) uint8 from :meth:`preprocess`, or (B, 3, H, W) float32
+        normalised -> visual tokens (B, N, Dx) float32."""
+        return self.x_encoder.run(None, {"pixels": self.float_pixels(pixels)})[0]
 
     def _predict(self, visual: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.predictor.run(None, {"visual": visual, "query": query,

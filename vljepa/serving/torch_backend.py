@@ -2,10 +2,12 @@
 :class:`~vljepa.serving.bundle.ServingModel` (``vljepa.load(dir, lean=True)``) as a
 :class:`~vljepa.serving.backend.Backend`.
 
-The server preprocesses each image with the model's own transform in the request's thread,
-then runs the X-encoder and the predictor on the batch it gathered, as
-``model.predict`` / ``model.embed_image`` / ``model.embed_text`` do (the same layers on the same
-inputs; scores may differ from a one-by-one call by float32 rounding, about 1e-7).
+The server preprocesses each image in the request's thread (the model's own transform: for
+timm's eval transform its resize and crop in PIL, the normalisation later on the whole batch,
+the same float32 operations), then runs the X-encoder and the predictor on the batch it
+gathered, as ``model.predict`` / ``model.embed_image`` / ``model.embed_text`` do (the same
+layers on the same inputs; scores may differ from a one-by-one call by float32 rounding, about
+1e-7).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .. import hub
 from ..model import VLJEPA
 from .backend import Backend, InputError
 from .bundle import NotInBundleError, ServingModel
+from .lean_cnn import _transform_spec
 
 
 class TorchBackend(Backend):
@@ -53,13 +56,21 @@ class TorchBackend(Backend):
             self.logit_scale = float(scale.exp().clamp(max=100.0)) if scale is not None else 100.0
         else:
             self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100.0))
-        self.image_size = tuple(self.preprocess(Image.new("RGB", (64, 64))).shape[-2:])
+        try:  # timm's eval transform as data: the server normalises a batch at a time
+            self.pixel_spec = getattr(self.transform, "spec", None) or _transform_spec(
+                self.transform)
+        except ValueError:  # another transform: run it whole, image by image
+            self.pixel_spec = None
+        self.image_size = tuple(self.float_pixels(
+            self.preprocess(Image.new("RGB", (64, 64)))[None]).shape[-2:])
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.transform(image).numpy()
+        if self.pixel_spec is not None:
+            return super().preprocess(image)  # (H, W, 3) uint8
+        return self.transform(image).numpy()  # (3, H, W) float32
 
     def _visual(self, pixels: np.ndarray) -> torch.Tensor:
-        px = torch.from_numpy(np.ascontiguousarray(pixels, np.float32)).to(self.model.device)
+        px = torch.from_numpy(self.float_pixels(pixels)).to(self.model.device)
         return self.model.x_encoder(px)
 
     @torch.no_grad()
