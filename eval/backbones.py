@@ -21,7 +21,10 @@ results.md) the easy-VQA test accuracy, paraphrase accuracy per type (eval/parap
 shape, yes/no colour, yes/no shape, negation, new construction) and overall without negations,
 train wall time, predictor parameters (all / trained) and train.py's peak RSS. A row whose
 run directory already holds a finished run (``summary.json`` and ``model/``) is not trained
-again, so an interrupted benchmark resumes where it stopped.
+again, and a row stopped part-way resumes from its ``last.ckpt`` (train.py ``ckpt_path=``: the
+same batches and random numbers as an uninterrupted run, at most 100 steps redone), so an
+interrupted benchmark resumes where it stopped; the wall time of such a row adds each earlier
+attempt's time up to its last checkpoint (``attempts.json`` in the row's directory).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vljepa.hub import atomic_write
@@ -68,13 +72,33 @@ def train_row(name: str, overrides: list[str], out: Path, seed: int) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"seed={seed}",
            f"run_name=backbones-{name}", f"paths.output_dir={run}"]
+    last = run / "checkpoints" / "last.ckpt"
+    attempts_file = run / "attempts.json"
+    attempts = json.loads(attempts_file.read_text()) if attempts_file.is_file() else []
+    if last.is_file():
+        cmd.append(f"ckpt_path={last}")
+        # an attempt that was killed counts up to its last checkpoint: later work was redone
+        for a in attempts:
+            if a.get("end") is None:
+                a["end"] = max(a["start"], last.stat().st_mtime)
+    else:
+        attempts = []  # nothing to resume: earlier attempts left nothing behind
+    attempts.append({"start": time.time(), "end": None})
+    atomic_write(attempts_file, lambda p: Path(p).write_text(json.dumps(attempts, indent=1)))
     print("$", " ".join(cmd), flush=True)
-    with open(run / "train.log", "w") as log:
+    with open(run / "train.log", "a") as log:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0 or not summary.is_file():
         tail = (run / "train.log").read_text()[-2000:]
         raise RuntimeError(f"row {name}: train.py exited {rc}\n{tail}")
-    return json.loads(summary.read_text())
+    out = json.loads(summary.read_text())
+    earlier = sum(a["end"] - a["start"] for a in attempts[:-1])
+    if earlier:  # written into the summary once, so that a finished row reports the same
+        out["wall_seconds_this_attempt"] = out["wall_seconds"]
+        out["wall_seconds"] = round(out["wall_seconds"] + earlier, 1)
+        out["attempts"] = len(attempts)
+        atomic_write(summary, lambda p: Path(p).write_text(json.dumps(out, indent=2)))
+    return out
 
 
 def paraphrase_row(name: str, out: Path, threads: int) -> dict:
@@ -99,7 +123,8 @@ def table(rows: dict[str, dict]) -> str:
         lines.append("| " + " | ".join([
             name, pct(s["metrics"].get("test/acc")),
             *(pct(p["per_type"].get(t)) for t in TYPES), pct(p.get("overall_without_negation")),
-            f"{s['wall_seconds']:.0f}",
+            f"{s['wall_seconds']:.0f}" + (f" ({s['attempts']} attempts)"
+                                           if s.get("attempts") else ""),
             f"{s['predictor_parameters']:,} ({s['predictor_trainable_parameters']:,})",
             f"{s['peak_rss_mib']:,}"]) + " |")
     return "\n".join(lines)
