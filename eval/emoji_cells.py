@@ -14,7 +14,8 @@ with the bare name ("plain") and once with a prompt ensemble (:data:`ENSEMBLE`, 
 averaged template embeddings). Retrieval on the held-out names (new name / seen artist):
 text -> image R@1 / R@5 (% of names with one of their pictures among the top K of the cell's
 pictures) and image -> text R@1 / R@5 (= top-1 / top-5 plain). Writes results.json and
-results.md under ``--out``.
+results.md under ``--out``. Models sharing an X-encoder (its fingerprint) share one pass of
+it over the test pictures.
 """
 from __future__ import annotations
 
@@ -50,12 +51,22 @@ def topk(scores: torch.Tensor, gold: torch.Tensor, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, rows: list[dict], images: list, batch_size: int = 256) -> dict:
-    """Top-1 / top-5 per cell (plain and ensemble) and retrieval R@1 / R@5 on held-out names."""
+def visual_tokens(model, images: list[bytes], batch_size: int = 256) -> torch.Tensor:
+    """The frozen X-encoder's visual tokens (N, T, Dx) float32 of the PNG bytes: the same for
+    every model with the same ``x_encoder.fingerprint``, so computed once per encoder."""
     from PIL import Image
 
-    z = model.embed_image([Image.open(io.BytesIO(b)).convert("RGB") for b in images],
-                          batch_size=batch_size)  # (N, D), unit norm
+    return torch.cat([model.visual_tokens([Image.open(io.BytesIO(b)).convert("RGB")
+                                           for b in images[i:i + batch_size]])
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model, rows: list[dict], visual: torch.Tensor, batch_size: int = 256) -> dict:
+    """Top-1 / top-5 per cell (plain and ensemble) and retrieval R@1 / R@5 on held-out names,
+    from the test pictures' visual tokens (N, T, Dx) (:func:`visual_tokens`)."""
+    z = torch.cat([model.embed_visual(visual[i:i + batch_size])
+                   for i in range(0, len(visual), batch_size)])  # (N, D), unit norm
     out: dict = {}
     for cell in CELLS:
         idx = [i for i, r in enumerate(rows) if r["cell"] == cell]
@@ -107,12 +118,17 @@ def main(argv=None) -> dict:
     rows, images = test_pictures(corpus, args.seed)
     counts = {c: sum(r["cell"] == c for r in rows) for c in CELLS}
     results = {}
+    tokens: dict[str, torch.Tensor] = {}  # X-encoder fingerprint -> visual tokens of the test
     for item in args.models:
         name, sep, path = item.partition("=")
         if not sep:
             ap.error(f"expected NAME=MODEL, got {item!r}")
         with Stopwatch() as watch:
-            results[name] = {"path": path, "cells": evaluate(vljepa.load(path), rows, images)}
+            model = vljepa.load(path)
+            key = model.x_encoder.fingerprint
+            if key not in tokens:
+                tokens = {key: visual_tokens(model, images)}  # one encoder's tokens at a time
+            results[name] = {"path": path, "cells": evaluate(model, rows, tokens[key])}
         results[name]["seconds"] = round(watch.seconds, 1)
     info = (f"{len(rows):,} test pictures of {corpus} (split seed {args.seed}): "
             + ", ".join(f"{c} {n:,}" for c, n in counts.items()))

@@ -63,17 +63,19 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     total = len(corpus_splits(default_cache_dir() / "emoji_corpus" / "corpus",
                               seed=args.seed)["train"])
+    points = {f"{model}-{size or 'all'}": (model, size, train_point(model, size or None, out,
+                                                                     args.seed))
+              for size in args.sizes for model in MODELS}
+    # every point at once: they share the X-encoder, so one pass of it over the test pictures
+    cells = emoji_cells.main([f"{k}={path}" for k, (_, _, path) in points.items()]
+                             + ["--seed", str(args.seed), "--out", str(out / "cells")])
     rows = []
-    for size in args.sizes:
-        for model in MODELS:
-            path = train_point(model, size or None, out, args.seed)
-            summary = json.loads((path.parent / "summary.json").read_text())
-            cells = emoji_cells.main([f"{model}={path}", "--seed", str(args.seed),
-                                      "--out", str(path.parent / "cells")])[model]["cells"]
-            rows.append({"model": model, "size": min(size, total) if size else total,
-                         "cell": cells[CELL],
-                         "train_s": summary.get("wall_seconds"),
-                         "peak_rss_mib": summary.get("peak_rss_mib")})
+    for key, (model, size, path) in points.items():
+        summary = json.loads((path.parent / "summary.json").read_text())
+        rows.append({"model": model, "size": min(size, total) if size else total,
+                     "cell": cells[key]["cells"][CELL],
+                     "train_s": summary.get("wall_seconds"),
+                     "peak_rss_mib": summary.get("peak_rss_mib")})
     lines = [f"# Scaling: zero-shot on {CELL} (seed {args.seed})", "",
              "| model | training pictures | top-1 % | top-5 % | top-1 % (ensemble) | "
              "top-5 % (ensemble) | train wall s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
