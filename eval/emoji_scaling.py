@@ -55,8 +55,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results" / "emoji_scaling"))
     args = ap.parse_args(argv)
-    from eval import emoji_cells
-
+    if __package__:  # loaded as eval.emoji_scaling (python -m, pytest)
+        from . import emoji_cells
+    else:  # python eval/emoji_scaling.py: Python searches the script's directory first
+        import emoji_cells
     from vljepa.data.cache import default_cache_dir
     from vljepa.data.captions import corpus_splits
 
