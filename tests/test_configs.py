@@ -65,3 +65,17 @@ def test_every_group_has_options():
     assert {"model", "predictor", "data", "module", "trainer", "callbacks", "logger",
             "experiment"} <= set(GROUPS)
     assert {"cpu", "gpu", "ddp"} <= set(GROUPS["trainer"])
+
+
+@pytest.mark.parametrize("experiment", sorted(e for e in GROUPS["experiment"] if "stage1" in e))
+def test_caption_recipes_take_the_linear_baseline(experiment, tmp_path):
+    """A caption recipe's no-predictor baseline is the same recipe with predictor=linear (the
+    README and eval/emoji_scaling.py run it so): the recipe must not pin predictor fields the
+    linear kind rejects (it chooses its predictor by config group instead)."""
+    from vljepa.config import predictor_config
+
+    cfg = compose([f"experiment={experiment}", "predictor=linear",
+                   f"paths.output_dir={tmp_path}", "run_name=test"])
+    if "config" not in cfg.model:
+        pytest.skip(f"experiment={experiment} loads a saved model")
+    assert predictor_config(dict(cfg.model.config.predictor)).kind == "linear"
