@@ -274,9 +274,3 @@ def normalize_pixels(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     x /= np.asarray(spec["std"], np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
-
-def resize_crop_normalize(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """torchvision's eval preprocessing (Resize of the short side, CenterCrop, ToTensor,
-    Normalize) in PIL and numpy: RGB image -> (3, H, W) float32 (:func:`resize_crop`, then
-    :func:`normalize_pixels`). ``spec`` as theirs."""
-    return normalize_pixels(resize_crop(img, spec)[None], spec)[0]

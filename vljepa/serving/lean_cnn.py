@@ -16,10 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .backend import resize_crop
+
 _ACTS = {"relu": F.relu, "relu6": F.relu6, None: None}
-_INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR,
-                   "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "box": Image.BOX,
-                   "hamming": Image.HAMMING}
 
 
 
@@ -74,22 +73,11 @@ class LeanTransform:
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = dict(spec)
-        self.size, self.crop = int(spec["resize"]), tuple(spec["crop"])
-        self.interpolation = _INTERPOLATIONS[spec["interpolation"]]
         self.mean = torch.tensor(spec["mean"], dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(spec["std"], dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.size, int(self.size * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), self.interpolation)
-        ch, cw = self.crop
-        top, left = int(round((new_h - ch) / 2.0)), int(round((new_w - cw) / 2.0))
-        img = img.crop((left, top, left + cw, top + ch))
-        x = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(ch, cw, 3)
+        x = torch.from_numpy(resize_crop(img, self.spec).copy())  # (H, W, 3) uint8
         x = x.permute((2, 0, 1)).contiguous().to(torch.float32).div(255)
         return x.sub_(self.mean).div_(self.std)
 
