@@ -10,8 +10,11 @@ It starts ``vljepa serve MODEL`` on a free loopback port, then for each endpoint
 classify, predict, embeddings of texts, embeddings of images) and each concurrency C sends
 ``--requests`` requests from C client threads (one keep-alive connection each), one easy-VQA
 test image or one text per request. Reported per row: requests/s, p50 / p95 / p99 latency (ms),
-errors (non-200 answers or failed connections), and the server's peak RSS so far (MiB, its
-``/health``). The in-process row ("api") does the same requests one by one through the Python
+errors (non-200 answers or failed connections), CPU time per request of the server (all its
+threads) and of the client (this process), and the server's peak RSS so far (MiB, its
+``/health``). Server plus client CPU per request bounds what the machine can serve:
+``cores / (server + client CPU)`` requests/s at most, and one core's worth of the server's
+Python (its event loop and the model's Python share one interpreter lock). The in-process row ("api") does the same requests one by one through the Python
 API (``vljepa.load(MODEL)``, or for an ONNX export its :class:`OnnxBackend`), from image bytes;
 ``x api`` is the server's throughput over it. The mixed run sends good answer requests with
 ``--bad-share`` bad requests among them at concurrency 8: every good one must still get its
@@ -30,6 +33,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import statistics
@@ -193,6 +197,22 @@ def vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) process ``pid`` has used, in seconds, from
+    /proc/PID/stat (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU time (user + system, all threads: the client), in seconds."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 class InProcess:
     """The same requests through the Python API, one by one, in this process."""
 
@@ -226,7 +246,8 @@ class InProcess:
     def rate(self, endpoint: str, samples, texts) -> tuple[float, float]:
         """(requests/s over all the requests, median ms per request)."""
         fn = self.calls[endpoint]
-        fn(samples[0], "a warm-up text")  # warm-up (not one of the timed texts)
+        for s in samples:  # warm-up, as the server's: every question read once (not the texts)
+            fn(s, "a warm-up text")
         times = []
         with Stopwatch() as sw:
             for s, t in zip(samples, texts):
@@ -267,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: {info['model']} ({info['backend']}), pid {proc.pid}, peak RSS "
               f"{info['peak_rss_mib']:.0f} MiB at start, torch imported: "
               f"{info['torch_imported']}", file=sys.stderr)
-        warm = Client(host, port, 4)  # first-call allocations, the default candidates' S_Y
+        # untimed: first-call allocations, the default candidates' S_Y, and every question's
+        # query states (the server keeps them, as it keeps text embeddings): otherwise the first
+        # timed row of an endpoint with questions reads them and the later rows do not
+        warm = Client(host, port, 4)
         for e in args.endpoints:
-            warm.run([(p, json.dumps(b).encode()) for p, b, _ in bodies(e, samples[:8], texts[-8:])])
+            warm.run([(p, json.dumps(b).encode())
+                      for p, b, _ in bodies(e, samples, texts[-len(samples):])])
         warm.close()
         for e in args.endpoints:
             for c in args.concurrency:
@@ -278,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                 payload = [(p, json.dumps(b).encode()) for p, b, _ in work]
                 client = Client(host, port, c)
                 items0, batches0 = batch_totals(host, port)
+                cpu0, own0 = cpu_seconds(proc.pid), own_cpu_seconds()
                 results, seconds = client.run(payload)
+                cpu1, own1 = cpu_seconds(proc.pid), own_cpu_seconds()
                 items1, batches1 = batch_totals(host, port)
                 client.close()
                 lat = [r[2] * 1000 for r in results]
@@ -291,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
                              "p99_ms": percentile(lat, 99), "errors": errors,
                              "wrong_answers": wrong,
                              "mean_batch": (items1 - items0) / max(1.0, batches1 - batches0),
+                             # CPU per request: the server's (all its threads), the client's
+                             "server_cpu_ms": (None if cpu0 is None or cpu1 is None
+                                               else 1000 * (cpu1 - cpu0) / len(results)),
+                             "client_cpu_ms": 1000 * (own1 - own0) / len(results),
                              "server_peak_rss_mib": health(host, port)["peak_rss_mib"]})
                 print(f"  {e} c={c}: {rows[-1]['req_per_s']:.0f} req/s, errors {errors}",
                       file=sys.stderr)
@@ -332,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f" (VmHWM {hwm:.0f} MiB)" if hwm else "") + f", torch imported by the server: "
           f"{final['torch_imported']}\n")
     print("| endpoint | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch "
-          "| x c=1 | x api | server peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| x c=1 | x api | server CPU ms/req | client CPU ms/req | server peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for e in args.endpoints:
         base = next((r["req_per_s"] for r in rows if r["endpoint"] == e and r["concurrency"] == 1),
                     None)
@@ -344,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] + r['wrong_answers']} | "
                   f"{r['mean_batch']:.1f} | "
                   + (f"{r['x_c1']:.1f}" if r["x_c1"] else "-") + " | "
-                  + (f"{r['x_api']:.2f}" if r["x_api"] else "-")
-                  + f" | {r['server_peak_rss_mib']:.0f} |")
+                  + (f"{r['x_api']:.2f}" if r["x_api"] else "-") + " | "
+                  + (f"{r['server_cpu_ms']:.2f}" if r["server_cpu_ms"] is not None else "-")
+                  + f" | {r['client_cpu_ms']:.2f} | {r['server_peak_rss_mib']:.0f} |")
         if e in api:
             print(f"| {e} | api (in-process, one by one) | {api[e][0]:.0f} | {api[e][1]:.1f} "
-                  "| | | | 1 | | 1.00 | |")
+                  "| | | | 1 | | 1.00 | | | |")
     print(f"\nmixed run (concurrency 8): {mixed_row['good_ok']}/{mixed_row['good']} good "
           f"requests answered right, {mixed_row['bad_4xx']}/{mixed_row['bad']} bad requests got "
           f"a 4xx, {mixed_row['other']} other")
