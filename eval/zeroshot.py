@@ -12,6 +12,13 @@ text->image over the held-out emoji and their names. The held-out emoji are thos
 each model was trained with (``data.seed``, recorded in its card as ``split_seed``; a model
 trained with ``seed=1`` holds out other emoji than one trained with ``seed=0``), or
 ``--split-seed``'s for all.
+
+A model trained on the emoji corpus (experiment=emoji_stage1) has seen other pictures of most of
+those emoji, OpenMoji's among them: ``--exclude-corpus DIR`` keeps only the held-out emoji that
+no training picture of that corpus shows, in any style (by code point; the recipe's split), for
+every model in the table:
+
+    python eval/zeroshot.py VL-JEPA=... linear=... --exclude-corpus $VLJEPA_CACHE/emoji_corpus/corpus
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import argparse
 import json
 
 import vljepa
-from vljepa.metrics import evaluate
+from vljepa.metrics import corpus_codepoints, evaluate
 from vljepa.profiling import Stopwatch
 
 COLUMNS = [("openmoji", "top1"), ("openmoji", "top5"), ("digits", "top1"), ("digits", "top5"),
@@ -32,8 +39,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--split-seed", type=int, default=None,
                     help="OpenMoji split seed (default: each model card's, the training data.seed)")
+    ap.add_argument("--exclude-corpus", default=None, metavar="DIR",
+                    help="drop the held-out emoji that this emoji corpus's training split shows")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    exclude = corpus_codepoints(args.exclude_corpus) if args.exclude_corpus else None
     results = {}
     for item in args.models:
         name, sep, path = item.partition("=")
@@ -41,11 +51,15 @@ def main(argv=None) -> dict:
             ap.error(f"expected NAME=MODEL, got {item!r}")
         with Stopwatch() as watch:
             results[name] = evaluate(vljepa.load(path), cache_dir=args.cache_dir,
-                                     split_seed=args.split_seed)
+                                     split_seed=args.split_seed, exclude_codepoints=exclude)
         results[name]["seconds"] = round(watch.seconds, 1)
     if args.json:
         print(json.dumps(results, indent=2))
         return results
+    if exclude is not None:
+        r = next(iter(results.values()))["openmoji"]
+        print(f"held-out emoji: {r['n']} ({r['classes']} names) that no training picture of "
+              f"{args.exclude_corpus} shows; {r['excluded']} left out")
     header = ["model"] + [f"{t.replace('openmoji', 'emoji')} {m}" for t, m in COLUMNS]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

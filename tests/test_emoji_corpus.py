@@ -219,6 +219,14 @@ def test_caption_splits_keep_held_out_names_and_artist_out_of_training(tiny, tmp
         assert r["cell"] == ("new name / new artist" if new_artist and new_name else
                              "new name / seen artist" if new_name else "seen name / new artist")
         assert new_name or r["name"] in trained
+    # the code points training shows (eval/zeroshot.py --exclude-corpus): every training
+    # picture's first code point, and no held-out name's that training lacks
+    from vljepa.metrics import corpus_codepoints
+    cps = corpus_codepoints(out, held_out_artist="microsoft", held_out_names=0.3, val_names=0.2)
+    def first(rows):
+        return {int(r["codepoints"].split("-")[0], 16) for r in rows if r["codepoints"]}
+    assert first(sp["train"]) and first(sp["train"]) <= cps
+    assert not cps & (first(sp["test"] + sp["val"]) - first(sp["train"]))
     small = captions.corpus_splits(out, "microsoft", 0.3, 0.2, seed=0, max_train_images=3)
     assert len(small["train"]) == 3 and small["test"] == sp["test"] and small["val"] == sp["val"]
     ds = captions.emoji_corpus("test", out, "microsoft", 0.3, 0.2)

@@ -12,7 +12,7 @@ the first correct item among the k nearest, in both directions.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -80,12 +80,16 @@ def retrieval(model, visual: torch.Tensor, captions: Sequence[str],
 
 def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "test",
              limit: int | None = None, progress: bool = False,
-             split_seed: int | None = None) -> dict[str, dict[str, float]]:
+             split_seed: int | None = None,
+             exclude_codepoints: Collection[int] | None = None) -> dict[str, dict[str, float]]:
     """Run the named harnesses: "openmoji" (zero-shot over the held-out emoji's names),
     "digits" (zero-shot over "zero" ... "nine", the first 50 of each digit) and "retrieval" (held-out emoji <-> names).
     ``limit`` keeps the first n images of each set (a quick check, not the reported figures).
     ``split_seed`` chooses the OpenMoji split (training's ``data.seed``: another seed holds out
     other emoji); None: the one the model card records (``split_seed``), else 0.
+    ``exclude_codepoints`` drops the held-out emoji with these code points (and their names)
+    from "openmoji" and "retrieval": for a model trained on other pictures of some of them
+    (the emoji corpus, :func:`corpus_codepoints`), which are not zero-shot for it.
     Returns {task: {metric: value}}, each with ``n`` (images) and ``classes``; the OpenMoji
     tasks also with ``split_seed``."""
     unknown = set(tasks) - set(TASKS)
@@ -96,6 +100,14 @@ def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "
         if split_seed is None:
             split_seed = int((getattr(model, "card", None) or {}).get("split_seed", 0))
         ds = openmoji(split, seed=split_seed)
+        excluded = 0
+        if exclude_codepoints:
+            drop = set(exclude_codepoints)
+            keep = [i for i, c in enumerate(ds["codepoint"]) if c not in drop]
+            excluded = len(ds) - len(keep)
+            ds = ds.select(keep)
+            if not len(ds):
+                raise ValueError("exclude_codepoints leaves no held-out emoji to evaluate")
         if limit is not None:
             ds = ds.select(range(min(limit, len(ds))))
         captions = list(ds["caption"])
@@ -105,7 +117,8 @@ def evaluate(model, tasks: Sequence[str] = TASKS, cache_dir=None, split: str = "
             targets = torch.tensor([names.index(c) for c in captions])
             results["openmoji"] = {**zero_shot(model, visual, targets, names, OPENMOJI_TEMPLATES),
                                    "n": len(captions), "classes": len(names),
-                                   "split_seed": split_seed}
+                                   "split_seed": split_seed,
+                                   "excluded": excluded}
         if "retrieval" in tasks:
             results["retrieval"] = {**retrieval(model, visual, captions), "n": len(captions),
                                     "split_seed": split_seed}
@@ -132,3 +145,14 @@ def cider(refs: Sequence[str], hyps: Sequence[str]) -> float:
     gts = {i: [r.lower()] for i, r in enumerate(refs)}
     res = {i: [h.lower() or "empty"] for i, h in enumerate(hyps)}
     return float(Cider().compute_score(gts, res)[0])
+
+
+def corpus_codepoints(corpus_dir, **split_kwargs) -> set[int]:
+    """The code points an emoji corpus's training split shows, in any artist's style: each
+    training picture's first code point (so "waving hand: dark skin tone", 1F44B-1F3FF, counts
+    for waving hand, 1F44B). ``split_kwargs`` as :func:`vljepa.data.captions.corpus_splits`
+    (default: the recipe's, seed 0). For :func:`evaluate`'s ``exclude_codepoints``."""
+    from .data.captions import corpus_splits
+
+    train = corpus_splits(corpus_dir, **split_kwargs)["train"]
+    return {int(r["codepoints"].split("-")[0], 16) for r in train if r["codepoints"]}
