@@ -68,12 +68,15 @@ def test_parity_with_torch_on_easy_vqa(torch_model, export_dir, test_set):
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-4)
     ref = torch_model.embed_image(images).numpy()
     assert (b.embed_images(px) * ref).sum(1).min() >= 1 - 1e-4
-    # the X-encoder runs in chunks of image_batch (8) images: the same rows as one run of 64
-    assert b.image_batch == 8 and len(px) == 64
-    whole = OnnxBackend(export_dir, image_batch=64)
+    # the X-encoder and the Y-encoder run in chunks of run_batch (8) items: the same rows as
+    # one run of all 64 images / 20 texts of several lengths
+    assert b.run_batch == 8 and len(px) == 64
+    whole = OnnxBackend(export_dir, run_batch=64)
     np.testing.assert_allclose(b.visual_tokens(px), whole.visual_tokens(px), atol=1e-5)
-    with pytest.raises(ValueError, match="image_batch"):
-        OnnxBackend(export_dir, image_batch=0)
+    texts20 = [f"a {'very ' * (i % 5)}red circle number {i}" for i in range(20)]
+    np.testing.assert_allclose(b.embed_texts(texts20), whole.embed_texts(texts20), atol=1e-5)
+    with pytest.raises(ValueError, match="run_batch"):
+        OnnxBackend(export_dir, run_batch=0)
     # questions and texts the export does not store: read with the Y-encoder graph
     new_q = ["what colour is the shape?", "Is there a BLUE circle in the picture?"] * 4
     ref = torch_model.predict(images[:8], new_q).numpy()
