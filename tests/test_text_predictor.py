@@ -211,3 +211,37 @@ def test_query_noise_is_relative_to_each_state_and_spares_padding():
         assert torch.allclose(ln(out[:, :4]), ln(ln(q[:, :4]) + 0.5 * eps[:, :4]), atol=1e-4)
         assert torch.equal(out[:, 4:], torch.zeros_like(out[:, 4:]))
     assert add_query_noise(q, 0.0) is q
+
+
+def test_visual_token_drop_reads_fewer_tokens_in_training_only():
+    """``predictor.visual_token_drop`` (FLIP): in training the joint layers read a random
+    (1 - drop) share of the visual tokens, a new choice each pass; in eval mode every token, as
+    the same weights without it. Out of [0, 1), or with slots, it is an error."""
+    torch.manual_seed(0)
+    cfg = {**SMALL, "kind": "cached_text", "visual_slots": 0}
+    drop = vljepa.create_model(predictor={**cfg, "visual_token_drop": 0.5})
+    full = vljepa.create_model(predictor=cfg)
+    full.load_state_dict(drop.state_dict())
+    n = drop.predictor.visual_pos.shape[1]  # visual tokens after pooling
+    visual = torch.randn(2, drop.x_encoder.num_tokens, drop.x_encoder.dim)
+    ids, mask = drop.tokenize_queries(QUESTIONS[:2])
+    seen = []  # visual tokens the joint layers read, per pass
+    orig = drop.predictor.joint_input
+
+    def spy(*a, **k):
+        x, keep = orig(*a, **k)
+        seen.append(x.shape[1] - ids.shape[1])
+        return x, keep
+    drop.predictor.joint_input = spy
+    with torch.no_grad():
+        drop.train()
+        a, b = drop(visual, ids, mask), drop(visual, ids, mask)
+        assert seen == [round(n / 2)] * 2 and not torch.allclose(a, b, atol=1e-4)
+        drop.eval(), full.eval()
+        assert torch.allclose(drop(visual, ids, mask), full(visual, ids, mask), atol=1e-6)
+        assert seen[-1] == n
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="visual_token_drop"):
+            vljepa.create_model(predictor={**cfg, "visual_token_drop": bad})
+    with pytest.raises(ValueError, match="visual_slots=0"):
+        vljepa.create_model(predictor={**cfg, "visual_slots": 4, "visual_token_drop": 0.5})

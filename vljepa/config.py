@@ -127,9 +127,21 @@ class JointPredictorConfig(PredictorConfig):
     # CNN stage keeps colour that the last stage blurs). 0: the (pooled) tokens themselves.
     visual_slots: int = 0
     visual_slot_dim: int | None = None  # width of the slots' per-token features; None: the predictor's
+    # Training only: this share of the (pooled) visual tokens is removed, a fresh random choice
+    # per picture and step, before the joint layers, which then read fewer tokens: a step costs
+    # less and the predictor cannot lean on any one token. FLIP (Li et al. 2023) masks 50-75% of
+    # CLIP's image patches in training for both reasons. Evaluation reads every token. Needs
+    # visual_slots 0 (slots read every token). 0: off.
+    visual_token_drop: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.visual_token_drop < 1:
+            raise ValueError(f"predictor.visual_token_drop must be in [0, 1), got "
+                             f"{self.visual_token_drop}")
+        if self.visual_token_drop and self.visual_slots:
+            raise ValueError("predictor.visual_token_drop needs visual_slots=0: the slots read "
+                             "every visual token whatever is dropped after them")
         if self.query_noise < 0:
             raise ValueError(f"predictor.query_noise must be >= 0, got {self.query_noise}")
         if self.max_query_len < 1:

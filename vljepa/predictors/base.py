@@ -201,6 +201,8 @@ class JointPredictor(Predictor):
         pos = getattr(self, "visual_pos", None)  # learned (1, N', W); none: the layers' own (RoPE)
         if pos is not None:
             v = v + pos
+        if self.training and getattr(self.cfg, "visual_token_drop", 0.0):
+            v = drop_tokens(v, self.cfg.visual_token_drop)  # (B, K, W), K ~ (1 - drop) N'
         keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
         if query is None:
             return v, keep
@@ -209,6 +211,15 @@ class JointPredictor(Predictor):
                              f"{self.cfg.max_query_len} (predictor.max_query_len)")
         x = torch.cat([v, query.to(v.dtype)], 1)  # visual tokens before the query (paper §3)
         return x, torch.cat([keep, query_mask.to(v.device).bool()], 1)
+
+
+def drop_tokens(x: torch.Tensor, share: float) -> torch.Tensor:
+    """Keep a random ``1 - share`` of the tokens of each row, in their order (FLIP's token
+    masking, Li et al. 2023): x (B, N, W) -> (B, K, W), K = max(1, round((1 - share) N))."""
+    B, N, W = x.shape
+    k = max(1, round((1 - share) * N))
+    idx = torch.rand(B, N, device=x.device).argsort(1)[:, :k].sort(1).values  # (B, K)
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, W))
 
 
 def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
