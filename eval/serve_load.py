@@ -14,9 +14,10 @@ errors (non-200 answers or failed connections), CPU time per request of the serv
 threads) and of the client (this process), and the server's peak RSS so far (MiB, its
 ``/health``). Server plus client CPU per request bounds what the machine can serve:
 ``cores / (server + client CPU)`` requests/s at most, and one core's worth of the server's
-Python (its event loop and the model's Python share one interpreter lock). The in-process row ("api") does the same requests one by one through the Python
-API (``vljepa.load(MODEL)``, or for an ONNX export its :class:`OnnxBackend`), from image bytes;
-``x api`` is the server's throughput over it. The mixed run sends good answer requests with
+Python (its event loop and the model's Python share one interpreter lock). The in-process row
+("api") does the same requests one by one through the Python API (``vljepa.load(MODEL)``, or
+for an ONNX export its :class:`OnnxBackend`), from image bytes; ``x api`` is the server's
+throughput over it. The mixed run sends good answer requests with
 ``--bad-share`` bad requests among them at concurrency 8: every good one must still get its
 200 and the right answer. The client runs on the same machine (it takes CPU from the server).
 The model runs on ``--threads`` intra-op threads (default 1) in the server and in-process alike:

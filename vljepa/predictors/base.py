@@ -201,7 +201,7 @@ class JointPredictor(Predictor):
         pos = getattr(self, "visual_pos", None)  # learned (1, N', W); none: the layers' own (RoPE)
         if pos is not None:
             v = v + pos
-        if self.training and getattr(self.cfg, "visual_token_drop", 0.0):
+        if self.training and self.cfg.visual_token_drop:
             v = drop_tokens(v, self.cfg.visual_token_drop)  # (B, K, W), K ~ (1 - drop) N'
         keep = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
         if query is None:

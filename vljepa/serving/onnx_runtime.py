@@ -125,9 +125,14 @@ class OnnxBackend(Backend):
     def visual_tokens(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels (B, H, W, 3) uint8 from :meth:`preprocess`, or (B, 3, H, W) float32
         normalised -> visual tokens (B, N, Dx) float32, in runs of ``run_batch`` images."""
-        x, k = self.float_pixels(pixels), self.run_batch
-        runs = [self.x_encoder.run(None, {"pixels": x[s:s + k]})[0] for s in range(0, len(x), k)]
-        return runs[0] if len(runs) == 1 else np.concatenate(runs)
+        x = self.float_pixels(pixels)
+        return self._in_runs(len(x), lambda s, e: self.x_encoder.run(None, {"pixels": x[s:e]})[0])
+
+    def _in_runs(self, n: int, run) -> np.ndarray:
+        """``run(start, end)`` over n items in runs of ``run_batch``, its outputs concatenated."""
+        k = self.run_batch
+        out = [run(s, min(s + k, n)) for s in range(0, n, k)]
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def _predict(self, visual: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.predictor.run(None, {"visual": visual, "query": query,
@@ -190,12 +195,12 @@ class OnnxBackend(Backend):
 
     def _run_text(self, texts: list[str]) -> np.ndarray:
         """Texts -> S_Y (B, D) float32 from the Y-encoder graph, in runs of ``run_batch``."""
-        max_length, k = int(self.meta["text"]["max_length"]), self.run_batch
-        rows = []
-        for s in range(0, len(texts), k):
-            ids, mask = self._tokenize([t.strip() for t in texts[s:s + k]], max_length)
-            rows.append(self.text.run(None, {"input_ids": ids, "attention_mask": mask})[1])
-        return rows[0] if len(rows) == 1 else np.concatenate(rows)
+        max_length = int(self.meta["text"]["max_length"])
+
+        def run(s: int, e: int) -> np.ndarray:
+            ids, mask = self._tokenize([t.strip() for t in texts[s:e]], max_length)
+            return self.text.run(None, {"input_ids": ids, "attention_mask": mask})[1]
+        return self._in_runs(len(texts), run)
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), self.embed_dim), np.float32)
