@@ -157,6 +157,26 @@ def test_caption_rows_are_query_free(model):
     assert torch.allclose(mixed[:2], alone, atol=1e-4)
 
 
+def test_caption_rows_draw_their_own_extra_captions():
+    from vljepa.training.features import CaptionFeatures
+    feats = torch.zeros(3, 4, 8)
+    extra = [["x, happy"], [], ["z, fast", "z, wind"]]
+    always = CaptionFeatures(feats, torch.tensor([0, 1, 2]), ["x", "y", "z"], ["{}"], 0,
+                             extra, extra_prob=1.0)
+    for _ in range(20):
+        b = always.__getitems__([0, 1, 2])
+        # a row's own extra caption, never another row's; a row without one keeps its name
+        assert b["answer"][0] == "x, happy" and b["answer"][1] == "y"
+        assert b["answer"][2] in ("z, fast", "z, wind")
+        assert b["answer_ids"].tolist() == [0, 1, 2]  # positives still go by the name
+    never = CaptionFeatures(feats, torch.tensor([0, 1, 2]), ["x", "y", "z"], ["{}"], 0, extra)
+    assert never.__getitems__([0, 1, 2])["answer"] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="one list per row"):
+        CaptionFeatures(feats, torch.tensor([0, 1, 2]), ["x", "y", "z"], ["{}"], 0, extra[:2], 0.5)
+    with pytest.raises(ValueError, match=r"extra_prob must be in \[0, 1\]"):
+        CaptionFeatures(feats, torch.tensor([0, 1, 2]), ["x", "y", "z"], ["{}"], 0, extra, 1.5)
+
+
 def test_openmoji_splits_are_disjoint_by_emoji():
     from vljepa.data.captions import emoji_caption, openmoji_codepoints, openmoji_split_codepoints
     splits = {s: set(openmoji_split_codepoints(s)) for s in ("train", "val", "test")}

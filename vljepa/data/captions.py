@@ -280,7 +280,8 @@ def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "fac
                  seed: int = 0, test_fraction=None, val_fraction=None) -> datasets.Dataset:
     """One split of an emoji corpus (``python -m vljepa.data.emoji_corpus build --out DIR``) as
     image-caption pairs: columns image (PNG bytes, ``datasets.Image(decode=False)``), caption
-    (the picture's name, e.g. "grinning face"), artist, set, name, cell (test only; else "").
+    (the picture's name, e.g. "grinning face"), artist, set, name, cell (test only; else ""),
+    captions (the manifest's captions, the keyword one among them).
     Splits as :func:`corpus_splits`; ``corpus_dir`` defaults to ``<cache>/emoji_corpus/corpus``.
 
     ``image_size``: None or the corpus's own size (pictures are stored rendered; the
@@ -318,6 +319,7 @@ def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "fac
         "set": [r["set"] for r in rows],
         "name": [r["name"] for r in rows],
         "cell": [r.get("cell", "") for r in rows],
+        "captions": [list(r.get("captions", [])) for r in rows],
     }).cast_column("image", datasets.Image(decode=False))
 
 

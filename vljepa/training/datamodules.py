@@ -302,6 +302,10 @@ class CaptionDataModule(FeatureDataModule):
         templates: caption templates, e.g. ``["{}", "an emoji of {}"]``.
         caption_repeat: each training caption appears this many times per epoch, so a few
             thousand captions are not drowned by tens of thousands of VQA questions.
+        extra_captions: the probability that a training picture's target text is one of the
+            source's own other captions (its ``captions`` column: the emoji corpus's keyword
+            captions, "an emoji of a grinning face, smile, happy, joy") instead of a template
+            over its name; positives and evaluation still go by the name. 0: names only.
         image_size, test_fraction, val_fraction: see :func:`vljepa.data.captions.openmoji`.
 
     ``candidates`` (of validation and test) are the VQA answers followed by every caption;
@@ -311,7 +315,7 @@ class CaptionDataModule(FeatureDataModule):
 
     def __init__(self, model: VLJEPA, vqa: dict | None = None, source: str = "openmoji",
                  source_kwargs: dict | None = None, templates: Sequence[str] = ("{}",),
-                 caption_repeat: int = 1, image_size: int = 128, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                 caption_repeat: int = 1, extra_captions: float = 0.0, image_size: int = 128, test_fraction: float = 0.2, val_fraction: float = 0.1,
                  batch_size: int = 256, eval_batch_size: int = 1024, encode_batch_size: int = 64,
                  cache_dir: str | None = None, num_workers: int = 0, seed: int = 0):
         super().__init__(model, batch_size, eval_batch_size, encode_batch_size, cache_dir,
@@ -320,6 +324,9 @@ class CaptionDataModule(FeatureDataModule):
             raise ValueError(f"every caption template needs a '{{}}' slot, got {list(templates)}")
         if caption_repeat < 1:
             raise ValueError(f"caption_repeat must be >= 1, got {caption_repeat}")
+        if not 0.0 <= extra_captions <= 1.0:
+            raise ValueError(f"extra_captions must be in [0, 1], got {extra_captions}")
+        self.extra_captions = float(extra_captions)
         if source not in CAPTION_SOURCES:
             raise ValueError(f"unknown caption source {source!r}; use one of {sorted(CAPTION_SOURCES)}")
         self.templates, self.caption_repeat = list(templates), caption_repeat
@@ -366,11 +373,19 @@ class CaptionDataModule(FeatureDataModule):
         index = {c: i for i, c in enumerate(self.candidates)}
         sets = {}
         for split in ("train", "val", "test"):
-            _, _, keys = self.load_split(split)
+            ds, _, keys = self.load_split(split)
+            extra = None
+            if split == "train" and self.extra_captions > 0:
+                if "captions" not in ds.column_names:
+                    raise ValueError(f"extra_captions={self.extra_captions} needs a caption "
+                                     f"source with a 'captions' column; {self.source!r} has "
+                                     f"only {ds.column_names}")
+                extra = list(ds["captions"])
             sets[split] = CaptionFeatures(self.cache.load(keys),
                                           torch.tensor([index[c] for c in captions[split]]),
                                           self.candidates, self.templates,
-                                          len(self.question_types) - 1)
+                                          len(self.question_types) - 1, extra,
+                                          self.extra_captions if split == "train" else 0.0)
         v = self.vqa
         self.train_set = MixedFeatures([sets["train"]] * self.caption_repeat
                                        + [v.train_set if v else None])

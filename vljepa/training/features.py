@@ -140,13 +140,33 @@ class RewordedVQAFeatures(VQAFeatures):
 
 class CaptionFeatures(Dataset):
     """Captions over cached visual tokens, batched as :class:`VQAFeatures`. The target text of a
-    row is its caption (``candidates[caption_ids[row]]``) wrapped in a template drawn at random per row (``"{}"`` keeps it bare); rows of the same image share
-    ``answer_ids`` and so count as positives of each other in InfoNCE."""
+    row is its caption (``candidates[caption_ids[row]]``) wrapped in a template drawn at random
+    per row (``"{}"`` keeps it bare); rows with the same caption share ``answer_ids`` and so
+    count as positives of each other in InfoNCE.
+
+    ``extra_texts`` (one list of strings per row, e.g. a corpus's keyword captions "an emoji of
+    a grinning face, smile, happy"): with probability ``extra_prob`` a row's target text is one
+    of its own extra texts, drawn at random, instead of the templated caption; its
+    ``answer_ids`` stay the caption's. Rows with no extra text always use the caption.
+    """
 
     def __init__(self, features: torch.Tensor, caption_ids: torch.Tensor, candidates: list[str],
-                 templates: Sequence[str], qtype_id: int):
+                 templates: Sequence[str], qtype_id: int,
+                 extra_texts: Sequence[Sequence[str]] | None = None, extra_prob: float = 0.0):
         self.features, self.caption_ids, self.candidates = features, caption_ids, candidates
         self.templates, self.qtype_id = list(templates), qtype_id
+        if not 0.0 <= extra_prob <= 1.0:
+            raise ValueError(f"extra_prob must be in [0, 1], got {extra_prob}")
+        if extra_prob > 0 and (extra_texts is None or len(extra_texts) != len(caption_ids)):
+            raise ValueError("extra_prob > 0 needs extra_texts with one list per row "
+                             f"({len(caption_ids)} rows)")
+        self.extra_texts = [list(t) for t in extra_texts] if extra_prob > 0 else None
+        self.extra_prob = extra_prob
+
+    def _text(self, row: int, caption_id: int) -> str:
+        if self.extra_texts and self.extra_texts[row] and random.random() < self.extra_prob:
+            return random.choice(self.extra_texts[row])
+        return random.choice(self.templates).format(self.candidates[caption_id])
 
     def __len__(self) -> int:
         return len(self.caption_ids)
@@ -159,8 +179,7 @@ class CaptionFeatures(Dataset):
                 "query_ids": torch.zeros(B, 1, dtype=torch.long),
                 "query_mask": torch.zeros(B, 1, dtype=torch.bool),  # no query: VL-JEPA_BASE
                 "answer_ids": ids,
-                "answer": [random.choice(self.templates).format(self.candidates[i])
-                           for i in ids.tolist()],
+                "answer": [self._text(r, i) for r, i in zip(rows.tolist(), ids.tolist())],
                 "qtype_ids": torch.full((B,), self.qtype_id)}
 
 
