@@ -245,3 +245,41 @@ def test_visual_token_drop_reads_fewer_tokens_in_training_only():
             vljepa.create_model(predictor={**cfg, "visual_token_drop": bad})
     with pytest.raises(ValueError, match="visual_slots=0"):
         vljepa.create_model(predictor={**cfg, "visual_slots": 4, "visual_token_drop": 0.5})
+
+
+def test_mix_style_mixes_token_statistics_between_pictures():
+    """MixStyle (Zhou et al. 2021): each picture keeps its normalised tokens and takes the
+    lam-mix of its own and another picture's per-channel token mean and std."""
+    from vljepa.predictors.base import mix_style
+    torch.manual_seed(0)
+    x = torch.randn(6, 49, 8) * torch.rand(6, 1, 8) * 3 + torch.randn(6, 1, 8)
+    torch.manual_seed(1)
+    out = mix_style(x)
+    torch.manual_seed(1)
+    lam = torch.distributions.Beta(0.1, 0.1).sample((6, 1, 1))
+    perm = torch.randperm(6)
+    mu, sig = x.mean(1, keepdim=True), (x.var(1, keepdim=True) + 1e-6).sqrt()
+    assert torch.allclose(out.mean(1, keepdim=True), lam * mu + (1 - lam) * mu[perm], atol=1e-5)
+    assert torch.allclose(out.std(1, keepdim=True), lam * sig + (1 - lam) * sig[perm], atol=1e-4)
+    # the tokens' pattern within a picture is kept: the same normalised tokens
+    assert torch.allclose((out - out.mean(1, keepdim=True)) / out.std(1, keepdim=True),
+                          (x - mu) / x.std(1, keepdim=True), atol=1e-4)
+    assert torch.equal(mix_style(x[:1]), x[:1])  # nothing to mix with
+
+
+def test_visual_mixstyle_acts_in_training_only():
+    torch.manual_seed(0)
+    cfg = {**SMALL, "kind": "cached_text", "visual_slots": 0}
+    mixed = vljepa.create_model(predictor={**cfg, "visual_mixstyle": 1.0})
+    plain = vljepa.create_model(predictor=cfg)
+    plain.load_state_dict(mixed.state_dict())
+    visual = torch.randn(4, mixed.x_encoder.num_tokens, mixed.x_encoder.dim)
+    ids, mask = mixed.tokenize_queries((QUESTIONS * 4)[:4])
+    with torch.no_grad():
+        mixed.train(), plain.train()
+        assert not torch.allclose(mixed(visual, ids, mask), plain(visual, ids, mask), atol=1e-4)
+        mixed.eval(), plain.eval()
+        assert torch.allclose(mixed(visual, ids, mask), plain(visual, ids, mask), atol=1e-6)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="visual_mixstyle"):
+            vljepa.create_model(predictor={**cfg, "visual_mixstyle": bad})

@@ -133,9 +133,17 @@ class JointPredictorConfig(PredictorConfig):
     # CLIP's image patches in training for both reasons. Evaluation reads every token. Needs
     # visual_slots 0 (slots read every token). 0: off.
     visual_token_drop: float = 0.0
+    # Training only: with this probability per batch, each picture's visual tokens take on the
+    # channel-wise token mean and standard deviation of a mix of itself and another picture of
+    # the batch (MixStyle, Zhou et al. 2021: feature statistics carry much of an image's style,
+    # so mixing them shows the predictor styles no artist drew). Evaluation is untouched. 0: off.
+    visual_mixstyle: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.visual_mixstyle <= 1:
+            raise ValueError(f"predictor.visual_mixstyle must be in [0, 1], got "
+                             f"{self.visual_mixstyle}")
         if not 0 <= self.visual_token_drop < 1:
             raise ValueError(f"predictor.visual_token_drop must be in [0, 1), got "
                              f"{self.visual_token_drop}")

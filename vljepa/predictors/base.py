@@ -197,6 +197,8 @@ class JointPredictor(Predictor):
 
         ``query`` is already (B, L, W) (projected by the caller when its width differs).
         Raises ValueError when the query is longer than ``max_query_len``."""
+        if self.training and self.cfg.visual_mixstyle and torch.rand(()) < self.cfg.visual_mixstyle:
+            visual = mix_style(visual)  # (B, N, Dx), other styles' statistics
         v = self.project_visual(visual)  # (B, N', W)
         pos = getattr(self, "visual_pos", None)  # learned (1, N', W); none: the layers' own (RoPE)
         if pos is not None:
@@ -220,6 +222,26 @@ def drop_tokens(x: torch.Tensor, share: float) -> torch.Tensor:
     k = max(1, round((1 - share) * N))
     idx = torch.rand(B, N, device=x.device).argsort(1)[:, :k].sort(1).values  # (B, K)
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, W))
+
+
+def mix_style(x: torch.Tensor, alpha: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """MixStyle (Zhou et al., ICLR 2021) over visual tokens x (B, N, Dx) -> (B, N, Dx): each row's
+    per-channel token mean and standard deviation are replaced by ``lam`` of its own plus
+    ``1 - lam`` of another row's (a random permutation of the batch), ``lam ~ Beta(alpha,
+    alpha)`` per row; the paper's alpha 0.1. The statistics are not back-propagated through, as
+    in the paper. A batch of one row is returned as it is."""
+    B = x.shape[0]
+    if B < 2:
+        return x
+    mu = x.mean(1, keepdim=True)  # (B, 1, Dx)
+    sig = (x.var(1, keepdim=True) + eps).sqrt()
+    mu, sig = mu.detach(), sig.detach()
+    normed = (x - mu) / sig
+    lam = torch.distributions.Beta(alpha, alpha).sample((B, 1, 1)).to(x.device, x.dtype)
+    perm = torch.randperm(B, device=x.device)
+    mu_mix = lam * mu + (1 - lam) * mu[perm]
+    sig_mix = lam * sig + (1 - lam) * sig[perm]
+    return normed * sig_mix + mu_mix
 
 
 def masked_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
