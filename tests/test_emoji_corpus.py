@@ -293,6 +293,41 @@ def test_emoji_names_from_cldr_unicode_names_and_skin_tones():
     assert names.match_name("rocket") is None
 
 
+def test_asset_images_are_named_by_their_code_points():
+    """``fluent-emoji-3d`` (kind "assets"): one WebP per code point sequence, FE0F ignored,
+    named from CLDR; a file CLDR does not name is skipped and listed."""
+    from PIL import Image
+
+    def member(obj):
+        return json.dumps(obj).encode()
+
+    data = [{"label": "waving hand", "hexcode": "1F44B", "tags": ["wave"], "group": 0,
+             "subgroup": 0, "skins": [{"label": "waving hand: dark skin tone",
+                                       "hexcode": "1F44B-1F3FF", "group": 0, "subgroup": 0}]},
+            {"label": "copyright", "hexcode": "00A9", "tags": ["c"], "group": 0, "subgroup": 0}]
+    messages = {"groups": [{"key": "p", "message": "people & body", "order": 0}],
+                "subgroups": [{"key": "hand-fingers-open", "order": 0}]}
+    names = ec.EmojiNames({"package/en/data.json": member(data),
+                           "package/en/messages.json": member(messages)},
+                          {"package/dist/emoji-en-US.json": member({})})
+    buf = io.BytesIO()
+    Image.new("RGBA", (256, 256), (200, 120, 40, 255)).save(buf, format="WEBP")
+    files = {f"package/assets/{n}.webp": buf.getvalue()
+             for n in ("1f44b", "1f44b-1f3ff", "00a9-fe0f", "e000")}
+    src = ec.resolve_sources(["emoji-3d"])[0]
+    assert (src.set, src.artist, src.kind) == ("fluent-emoji-3d", "microsoft", "assets")
+    assert ec._wanted(src)("package/assets/1f44b.webp")
+    assert not ec._wanted(src)("package/README.md")
+    skipped = []
+    items = list(ec.asset_items(src, files, names, "@lobehub/fluent-emoji-3d@1.1.0", skipped))
+    got = {i.record["codepoints"]: i.record["name"] for i in items}
+    assert got == {"1F44B": "waving hand", "1F44B-1F3FF": "waving hand: dark skin tone",
+                   "00A9": "copyright"}
+    assert [s["id"] for s in skipped] == ["fluent-emoji-3d:e000"]
+    png = ec.render_png(items[0].data, 64)  # WebP in, 64-px RGB PNG out
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+
 def test_leftovers_of_killed_builds_are_removed(tmp_path):
     import os
 

@@ -16,6 +16,8 @@ too, checked on download and on every later run, and its SHA-256 is recorded):
 * SVG sets in Iconify JSON, rendered with ``resvg-py``: ``@iconify-json/{twemoji, openmoji,
   fluent-emoji, fluent-emoji-flat, fluent-emoji-high-contrast}`` and any set of ``@iconify/json``
   as ``iconify:<prefix>`` (emojione, fxemoji, game-icons, mdi, ...);
+* images named by code point sequence: ``@lobehub/fluent-emoji-3d`` (Microsoft's Fluent Emoji as
+  3D renders, 256-px WebP, skin tones included; source ``fluent-emoji-3d``, preset ``emoji-3d``);
 * names, keywords and groups from ``emojibase-data`` (CLDR labels, tags, groups) and
   ``emojilib`` (keywords, by relevance).
 
@@ -150,6 +152,8 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "W64okEr/bzko7WNnFP+qTJGAqDPDYjp0925yxuivXy3HtVQB8xhIKu3+Nq1byX5w=="),
     Package("@iconify/json", "2.2.535", "sha512-nAV60ACUSHwnsb6fsp+letHlNkrwO4vzBtcC6B4EDHErQQfe"
             "zk7E3nJdnwJjve6OCfMNO0uVT5Vrgna9/NCmXw=="),
+    Package("@lobehub/fluent-emoji-3d", "1.1.0", "sha512-Wlq2lVStTnr8BDpIJ0pEnTKO4LuDxxqTEhTvRtD1D"
+            "LRF0me7ogeRQjKoehDHXuVJ2Qaecgl5wRBv60lUAG3h7g=="),
     Package("emojibase-data", "17.0.0", "sha512-Yvgb5AWoHViHV/gq1qr5ZAarcBip+B27/ZLRsUJkbgAEaLlZ/"
             "fof9g882LTpmEpyhBNEC0m2SEmItljHsTygjA=="),
     Package("emojilib", "4.0.3", "sha512-KbWiYre9aRSaPbHrHZIz9zmoM+21LAsK1VFJtnTh1VCtWE/rNMDviGh"
@@ -167,7 +171,8 @@ class Source:
     Attributes:
         key: the source's name on the command line ("apple", "twemoji", "iconify:mdi").
         set: the set's name in records and ids ("apple", "twemoji", "mdi").
-        kind: "png" (emoji-datasource single images) or "iconify" (SVG bodies).
+        kind: "png" (emoji-datasource single images), "assets" (one image per code point
+            sequence, ``package/assets/<hex>.webp``) or "iconify" (SVG bodies).
         package: the npm package (a key of :data:`PACKAGES`).
         artist: who drew it (sets of one design family share it: twemoji and the
             emoji-datasource Twitter PNGs are both "twitter"); ``None``: from the Iconify set's
@@ -197,6 +202,9 @@ SOURCES: dict[str, Source] = {s.key: s for s in [
     Source("openmoji", "openmoji", "iconify", "@iconify-json/openmoji", "openmoji", True),
     *(Source(p, p, "iconify", f"@iconify-json/{p}", "microsoft", True)
       for p in ("fluent-emoji-flat", "fluent-emoji-high-contrast", "fluent-emoji")),
+    # Microsoft's Fluent Emoji as 3D renders (256-px WebP), skin tones included
+    Source("fluent-emoji-3d", "fluent-emoji-3d", "assets", "@lobehub/fluent-emoji-3d",
+           "microsoft", True, "MIT"),
 ]}
 """The named sources; any ``iconify:<prefix>`` of ``@iconify/json`` is a source too."""
 
@@ -214,6 +222,7 @@ PRESETS: dict[str, list[str]] = {
     "emoji-extra": ["iconify:emojione", "iconify:emojione-v1", "iconify:fxemoji",
                     "iconify:streamline-emojis"],
     "icons": ["iconify:game-icons", "iconify:mdi", "iconify:healthicons"],
+    "emoji-3d": ["fluent-emoji-3d"],
 }
 """Groups of sources by one name on the command line (``--sources emoji icons``)."""
 DEFAULT_SOURCES = ("emoji",)
@@ -592,6 +601,27 @@ def png_items(src: Source, datasource: dict[str, bytes], images: dict[str, bytes
                        images.get(path, b""), "png")
 
 
+def asset_items(src: Source, images: dict[str, bytes], names: EmojiNames, source: str,
+                skipped: list[dict[str, Any]]) -> Iterator[Item]:
+    """A package's images named by code point sequence (``package/assets/1f44b-1f3fb.webp``),
+    in file name order, named from CLDR (:class:`EmojiNames`); a file whose sequence CLDR does
+    not name is listed in ``skipped``."""
+    for path in sorted(images):
+        stem = Path(path).name.split(".", 1)[0]
+        try:
+            h = norm_hex(stem)
+        except ValueError:
+            h = ""
+        info = names.by_hex.get(h) if h else None
+        if info is None:
+            skipped.append({"id": f"{src.set}:{stem}", "source": source,
+                            "reason": "no CLDR name for this file's code points"})
+            continue
+        yield Item(_record(src, stem, src.artist, "emoji", h, "", info.name, info.base,
+                           info.keywords, info.group, info.subgroup, source, src.license or ""),
+                   images[path], "png")
+
+
 def iconify_items(src: Source, data: dict[str, Any], names: EmojiNames, source: str,
                   size: int, skipped: list[dict[str, Any]]) -> Iterator[Item]:
     """An Iconify set's visible icons, by name. ``data``: the set's IconifyJSON with ``info``,
@@ -658,6 +688,8 @@ def _iconify_data(src: Source, members: dict[str, bytes]) -> dict[str, Any]:
 def _wanted(src: Source) -> Callable[[str], bool]:
     if src.kind == "png":
         return lambda m: m.startswith(f"package/img/{src.set}/64/")
+    if src.kind == "assets":
+        return lambda m: m.startswith("package/assets/") and m.endswith((".webp", ".png"))
     if src.package == "@iconify/json":
         return lambda m: m == f"package/json/{src.set}.json"
     return lambda m: m in {"package/icons.json", "package/info.json", "package/chars.json",
@@ -850,6 +882,8 @@ def build(out: str | os.PathLike, sources: Iterable[str] = DEFAULT_SOURCES,
         skipped: list[dict[str, Any]] = []
         if src.kind == "png":
             items = png_items(src, datasource, members, names, pkg.spec)
+        elif src.kind == "assets":
+            items = asset_items(src, members, names, pkg.spec, skipped)
         else:
             items = iconify_items(src, _iconify_data(src, members), names, pkg.spec, size,
                                   skipped)
