@@ -63,6 +63,24 @@ def test_trainable_y_encoder_learns_at_its_lr_multiplier():
     assert len(y_group) == 1 and y_group[0]["lr"] == pytest.approx(5e-5)
 
 
+@pytest.mark.parametrize("mult", [0.05, 0.0])
+def test_y_head_learns_at_its_own_multiplier_or_stays_frozen(mult):
+    m = vljepa.create_model({"predictor": TINY_PREDICTOR, "y_encoder": {"head_lr_mult": mult}})
+    groups = m.param_groups(lr=1e-3, weight_decay=0.1)
+    head = {id(p) for p in m.y_head.parameters()}
+    head_groups = [g for g in groups if any(id(p) in head for p in g["params"])]
+    if mult == 0:
+        assert not head_groups and not any(p.requires_grad for p in m.y_head.parameters())
+        m.loss(m(torch.randn(2, m.x_encoder.num_tokens, m.x_encoder.dim)),
+               m.target_embed(["red", "blue"])).backward()
+        assert m.y_head.weight.grad is None and m.predictor.head.weight.grad is not None
+    else:  # weight and bias: two groups (decayed, not), both at lr x mult, nothing else in them
+        assert [g["lr"] for g in head_groups] == [pytest.approx(5e-5)] * 2
+        assert all(id(p) in head for g in head_groups for p in g["params"])
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        vljepa.create_model({"predictor": TINY_PREDICTOR, "y_encoder": {"head_lr_mult": -1}})
+
+
 def test_efficientnet_lite0_weights_are_the_imagenet_ones(model):
     import skimage.data
 

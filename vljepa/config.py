@@ -56,7 +56,17 @@ class YEncoderConfig:
     pretrained: str | None = None  # open_clip only: pretrained tag or local checkpoint file
     trainable: bool = False  # False: frozen. True: trained with lr_mult x the base learning rate
     lr_mult: float = 0.05  # paper §3: the Y-encoder learns 20x slower than the predictor
+    # The linear head from the Y-encoder's width into the shared space (VLJEPA.y_head) trains at
+    # head_lr_mult x the base learning rate; 0 freezes it at its initialisation. Below 1 it keeps
+    # the frozen Y-encoder's geometry for texts no training target has (LiT's locked tower,
+    # Zhai et al. 2022), which zero-shot on new names needs.
+    head_lr_mult: float = 1.0
     max_length: int = 32  # target text length in tokens (longer texts are truncated)
+
+    def __post_init__(self):
+        for key in ("lr_mult", "head_lr_mult"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"y_encoder.{key} must be >= 0, got {getattr(self, key)}")
 
 
 QUANT_MODES = ("none", "ternary")

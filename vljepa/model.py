@@ -70,6 +70,8 @@ class VLJEPA(VLJEPAInterface, PretrainedMixin, nn.Module):
                              config.embed_dim)
         self.predictor = create_predictor(config.predictor, dims, self.y_encoder)
         self.y_head = nn.Linear(self.y_encoder.dim, config.embed_dim)
+        if config.y_encoder.head_lr_mult == 0:
+            self.y_head.requires_grad_(False)
         self.logit_scale = nn.Parameter(torch.tensor(init_logit_scale(config.loss.temperature)),
                                         requires_grad=config.loss.learn_temperature)
         self.loss_fn = get_loss(config.loss.kind)
@@ -139,9 +141,10 @@ class VLJEPA(VLJEPAInterface, PretrainedMixin, nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: predictor and heads at ``lr`` (a predictor's pretrained layers at
-        its ``lr_mults``); norms, biases, positional embeddings and the logit scale without
+        its ``lr_mults``, the Y-side head at ``y_encoder.head_lr_mult``); norms, biases, positional embeddings and the logit scale without
         weight decay; a trainable Y-encoder at ``lr * lr_mult``."""
         mults = {f"predictor.{k}": m for k, m in self.predictor.lr_mults.items()}
+        mults["y_head."] = self.config.y_encoder.head_lr_mult
         groups = weight_decay_groups(self, lr, weight_decay, lr_mults=mults)
         y_params = [p for p in self.y_encoder.parameters() if p.requires_grad]
         if y_params:
