@@ -241,6 +241,34 @@ def test_caption_splits_keep_held_out_names_and_artist_out_of_training(tiny, tmp
         captions.emoji_corpus("train", out, test_fraction=0.2)
 
 
+def test_train_only_sets_add_training_pictures_and_leave_val_and_test_as_they_were(tiny, tmp_path):
+    """corpus_splits(train_only_sets=...): the split of the other sets is the one a corpus
+    without the train-only sets has, and no train picture has a val or held-out name or base."""
+    from vljepa.data import captions
+
+    out, _, _ = tiny
+    rows = ec.load_manifest(out)
+    core = tmp_path / "core"
+    core.mkdir()
+    (core / "manifest.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["set"] != "twemoji"), encoding="utf-8")
+    kw = dict(held_out_artist=None, held_out_names=0.3, val_names=0.2, seed=0)
+    alone = captions.corpus_splits(core, **kw)
+    sp = captions.corpus_splits(out, train_only_sets=["twemoji"], **kw)
+    assert sp["val"] == alone["val"] and sp["test"] == alone["test"]
+    extra = [r for r in sp["train"] if r["set"] == "twemoji"]
+    assert sp["train"][:len(alone["train"])] == alone["train"] and extra
+    unseen = {r[k] for r in sp["val"] + sp["test"] for k in ("name", "base")}
+    assert not {r[k] for r in sp["train"] for k in ("name", "base")} & unseen
+    dropped = [r for r in rows if r["set"] == "twemoji" and r not in extra]
+    assert all(r["name"] in unseen or r["base"] in unseen for r in dropped)
+    assert captions.corpus_splits(out, train_only_sets=["emoji"], **kw)["test"] == []  # a preset
+    with pytest.raises(ValueError, match="not in the corpus"):
+        captions.corpus_splits(out, train_only_sets=["noto"], **kw)
+    with pytest.raises(ValueError, match="held-out artist"):
+        captions.corpus_splits(out, "twitter", 0.3, 0.2, train_only_sets=["twemoji"])
+
+
 def test_captions_and_names():
     assert ec.make_captions("grinning face", ["face", "smile", "happy", ":D", "joy", "grin"],
                             "emoji") == [

@@ -15,6 +15,7 @@ import io
 import json
 import random
 import unicodedata
+from collections.abc import Sequence
 from functools import lru_cache
 
 import datasets
@@ -226,7 +227,8 @@ CELLS = ("seen name / new artist", "new name / seen artist", "new name / new art
 
 def corpus_splits(corpus_dir, held_out_artist: str | None = "facebook",
                   held_out_names: float = 0.15, val_names: float = 0.05, seed: int = 0,
-                  max_train_images: int | None = None) -> dict[str, list[dict]]:
+                  max_train_images: int | None = None,
+                  train_only_sets: Sequence[str] = ()) -> dict[str, list[dict]]:
     """The manifest rows of each split of an emoji corpus: "train", "val", "test".
 
     Test: every picture by ``held_out_artist`` and every picture of a held-out name (a seeded
@@ -234,18 +236,36 @@ def corpus_splits(corpus_dir, held_out_artist: str | None = "facebook",
     each row tagged with its ``cell`` (:data:`CELLS`). Val: the pictures of a further seeded
     ``val_names`` share of the remaining names (new names, seen artists: what model selection
     sees). Train: the rest, or a seeded sample of ``max_train_images`` of it (the scaling
-    curve); no train row has a held-out artist, name or base, and none has a val name.
+    curve); no train row has a held-out artist, name or base, and none has a val name or base.
 
-    Raises ValueError for shares outside [0, 1), an unknown artist, or a non-positive
-    ``max_train_images``.
+    ``train_only_sets``: sets (or presets of :mod:`vljepa.data.emoji_corpus`, e.g.
+    "icons-color") whose pictures only ever train. The held-out and val names are
+    drawn over the other sets alone, so adding such a set to a corpus leaves val and the test
+    cells as they were; its pictures of a held-out or val name (or base) are dropped.
+
+    Raises ValueError for shares outside [0, 1), an unknown artist or set, a train-only set
+    by the held-out artist, or a non-positive ``max_train_images``.
     """
-    from .emoji_corpus import held_out_names as held_out, load_manifest, split
+    from .emoji_corpus import PRESETS, load_manifest, resolve_sources, split
+    from .emoji_corpus import held_out_names as held_out
 
     if not 0 <= val_names < 1:
         raise ValueError(f"val_names must be in [0, 1), not {val_names}")
     if max_train_images is not None and max_train_images < 1:
         raise ValueError(f"max_train_images must be >= 1 or None, not {max_train_images}")
     rows = load_manifest(corpus_dir)
+    sets = {r["set"] for r in rows}
+    train_only = {n for n in train_only_sets if n not in PRESETS}
+    if train_only - sets:
+        raise ValueError(f"train_only_sets {sorted(train_only - sets)} are not in the corpus: "
+                         f"{sorted(sets)}")
+    # a preset's sets as far as the corpus has them
+    train_only |= {s.set for s in resolve_sources([n for n in train_only_sets if n in PRESETS])
+                   } & sets
+    extra = [r for r in rows if r["set"] in train_only]
+    rows = [r for r in rows if r["set"] not in train_only]
+    if any(r["artist"] == held_out_artist for r in extra):
+        raise ValueError(f"a train-only set is by the held-out artist {held_out_artist!r}")
     train_ids, test_ids = split(rows, held_out_artist, held_out_names, seed)
     held_bases, held_names = held_out(rows, held_out_names, seed)
     by_id = {r["id"]: r for r in rows}
@@ -256,6 +276,8 @@ def corpus_splits(corpus_dir, held_out_artist: str | None = "facebook",
     val = [r for r in train if r["id"] in val_set]
     train = [r for r in train if r["id"] not in val_set]
     trained_names = {r["name"] for r in train}  # before any subsample: the cells stay fixed
+    unseen = held_bases | held_names | {r[k] for r in val for k in ("base", "name")}
+    train += [r for r in extra if r["base"] not in unseen and r["name"] not in unseen]
     if max_train_images is not None and max_train_images < len(train):
         keep = set(random.Random(f"{seed}/train").sample(range(len(train)), max_train_images))
         train = [r for i, r in enumerate(train) if i in keep]
@@ -277,7 +299,8 @@ def corpus_splits(corpus_dir, held_out_artist: str | None = "facebook",
 def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "facebook",
                  held_out_names: float = 0.15, val_names: float = 0.05,
                  max_train_images: int | None = None, image_size: int | None = None,
-                 seed: int = 0, test_fraction=None, val_fraction=None) -> datasets.Dataset:
+                 seed: int = 0, test_fraction=None, val_fraction=None,
+                 train_only_sets: Sequence[str] = ()) -> datasets.Dataset:
     """One split of an emoji corpus (``python -m vljepa.data.emoji_corpus build --out DIR``) as
     image-caption pairs: columns image (PNG bytes, ``datasets.Image(decode=False)``), caption
     (the picture's name, e.g. "grinning face"), artist, set, name, cell (test only; else ""),
@@ -310,7 +333,8 @@ def emoji_corpus(split: str, corpus_dir=None, held_out_artist: str | None = "fac
         raise ValueError(f"the corpus at {d} holds {size}-px pictures; image_size={image_size} "
                          f"would need a rebuild (build --size {image_size}) or image_size=null")
     rows = sorted(corpus_splits(d, held_out_artist, held_out_names, val_names, seed,
-                                max_train_images)[split], key=lambda r: r["index"])
+                                max_train_images, train_only_sets)[split],
+                  key=lambda r: r["index"])
     images = read_images(d, rows)
     return datasets.Dataset.from_dict({
         "image": [{"bytes": b, "path": None} for b in images],

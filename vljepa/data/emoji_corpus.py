@@ -222,6 +222,12 @@ PRESETS: dict[str, list[str]] = {
     "emoji-extra": ["iconify:emojione", "iconify:emojione-v1", "iconify:fxemoji",
                     "iconify:streamline-emojis"],
     "icons": ["iconify:game-icons", "iconify:mdi", "iconify:healthicons"],
+    # multi-colour illustrated sets (Iconify's palette sets, minus logos, flags and programming)
+    "icons-color": [f"iconify:{p}" for p in (
+        "icon-park", "streamline-color", "streamline-plump-color", "streamline-freehand-color",
+        "streamline-flex-color", "streamline-sharp-color", "streamline-ultimate-color",
+        "streamline-cyber-color", "streamline-kameleon-color", "streamline-stickies-color",
+        "fluent-color", "glyphs-poly", "marketeq", "meteocons", "flat-color-icons", "flat-ui")],
     "emoji-3d": ["fluent-emoji-3d"],
 }
 """Groups of sources by one name on the command line (``--sources emoji icons``)."""
