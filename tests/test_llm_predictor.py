@@ -83,6 +83,11 @@ def test_llm_predictor_trains_saves_and_loads(tiny_llama, tmp_path):
 def test_llm_predictor_errors(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="llm_layers must be in 1..4"):
         llm_model(tiny_llama, layers=5)
+    from vljepa.predictors.base import pretrained_layer_counts
+    assert pretrained_layer_counts(6, None, None, "text", "m") == (6, 6)
+    assert pretrained_layer_counts(6, 2, 0, "text", "m") == (2, 0)
+    with pytest.raises(ValueError, match=r"predictor.text_train_layers must be in 0..2"):
+        pretrained_layer_counts(6, 2, 3, "text", "m")
     with pytest.raises(FileNotFoundError, match="causal LM .*no-such-lm.*no such file"):
         llm_model(str(tmp_path / "no-such-lm"))
 

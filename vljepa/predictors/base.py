@@ -215,6 +215,24 @@ class JointPredictor(Predictor):
         return x, torch.cat([keep, query_mask.to(v.device).bool()], 1)
 
 
+def pretrained_layer_counts(depth: int, layers: int | None, train_layers: int | None,
+                            field: str, model: str) -> tuple[int, int]:
+    """(n, n_train) for a predictor built on the top of a ``depth``-layer pretrained stack: the
+    top ``layers`` of it (all when None), of which the top ``train_layers`` train (all n when
+    None). ``field`` names the config fields in errors ("llm" -> ``predictor.llm_layers``).
+
+    Raises ValueError: n outside 1..depth, or n_train outside 0..n (naming the field and model).
+    """
+    n = depth if layers is None else layers
+    if not 1 <= n <= depth:
+        raise ValueError(f"predictor.{field}_layers must be in 1..{depth} for {model!r}, got {n}")
+    n_train = n if train_layers is None else train_layers
+    if not 0 <= n_train <= n:
+        raise ValueError(f"predictor.{field}_train_layers must be in 0..{n} ({field}_layers), "
+                         f"got {n_train}")
+    return n, n_train
+
+
 def drop_tokens(x: torch.Tensor, share: float) -> torch.Tensor:
     """Keep a random ``1 - share`` of the tokens of each row, in their order (FLIP's token
     masking, Li et al. 2023): x (B, N, W) -> (B, K, W), K = max(1, round((1 - share) N))."""

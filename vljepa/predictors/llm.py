@@ -30,7 +30,7 @@ from torch import nn
 from ..config import LLMPredictorConfig
 from ..encoders.causal_lm import decoder_parts, load_causal_lm, run_layers
 from ..encoders.weights import freeze_unsaved
-from .base import JointPredictor, PredictorDims, masked_mean
+from .base import JointPredictor, PredictorDims, masked_mean, pretrained_layer_counts
 from .queries import LMQueryStates
 
 # the linear maps LoRA adapts in Llama / Gemma / Qwen style layers
@@ -74,13 +74,9 @@ class LLMPredictor(JointPredictor):
                              "GGUF, a .gguf file, a Hugging Face directory or a hub id)")
         lm, tokenizer, self._fingerprint = load_causal_lm(cfg.llm, cache_dir)
         parts = decoder_parts(lm)
-        depth, n = len(parts.layers), cfg.llm_layers
-        if not 1 <= n <= depth:
-            raise ValueError(f"predictor.llm_layers must be in 1..{depth} for {cfg.llm!r}, got {n}")
-        n_train = n if cfg.llm_train_layers is None else cfg.llm_train_layers
-        if not 0 <= n_train <= n:
-            raise ValueError(f"predictor.llm_train_layers must be in 0..{n} (llm_layers), "
-                             f"got {n_train}")
+        depth = len(parts.layers)
+        n, n_train = pretrained_layer_counts(depth, cfg.llm_layers, cfg.llm_train_layers, "llm",
+                                             cfg.llm)
         self.depth, self.n_train = depth, n_train
         self.width = W = parts.width
         self._parts, self._first = parts, depth - n  # run_layers indexes the LM's own list

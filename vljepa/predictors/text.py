@@ -28,7 +28,7 @@ from torch import nn
 from ..config import TextPredictorConfig
 from ..encoders.text_backbone import load_text_encoder, position_bias, run_layers
 from ..encoders.weights import freeze_unsaved, weights_fingerprint
-from .base import JointPredictor, PredictorDims, masked_mean
+from .base import JointPredictor, PredictorDims, masked_mean, pretrained_layer_counts
 from .queries import QueryStates, bert_tokenize
 
 
@@ -69,13 +69,8 @@ class TextPredictor(JointPredictor):
         encoder, self.tokenizer = load_text_encoder(name, cfg.dropout)
         layers = list(encoder.encoder.layer)
         depth = len(layers)
-        n = depth if cfg.text_layers is None else cfg.text_layers
-        if not 1 <= n <= depth:
-            raise ValueError(f"predictor.text_layers must be in 1..{depth} for {name!r}, got {n}")
-        n_train = n if cfg.text_train_layers is None else cfg.text_train_layers
-        if not 0 <= n_train <= n:
-            raise ValueError(f"predictor.text_train_layers must be in 0..{n} (text_layers), "
-                             f"got {n_train}")
+        n, n_train = pretrained_layer_counts(depth, cfg.text_layers, cfg.text_train_layers, "text",
+                                             name)
         self.lr_mults = {"layers.": cfg.text_lr_mult}  # the pretrained layers' learning rate
         # The lower layers see the query alone, as in pretraining, and never change: memoised.
         bias = position_bias(encoder)  # MPNet's, shared by every layer; None for BERT-style
