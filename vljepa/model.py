@@ -141,8 +141,9 @@ class VLJEPA(VLJEPAInterface, PretrainedMixin, nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: predictor and heads at ``lr`` (a predictor's pretrained layers at
-        its ``lr_mults``, the Y-side head at ``y_encoder.head_lr_mult``); norms, biases, positional embeddings and the logit scale without
-        weight decay; a trainable Y-encoder at ``lr * lr_mult``."""
+        its ``lr_mults``, the Y-side head at ``y_encoder.head_lr_mult``); norms, biases,
+        positional embeddings and the logit scale without weight decay; a trainable Y-encoder at
+        ``lr * lr_mult``."""
         mults = {f"predictor.{k}": m for k, m in self.predictor.lr_mults.items()}
         mults["y_head."] = self.config.y_encoder.head_lr_mult
         groups = weight_decay_groups(self, lr, weight_decay, lr_mults=mults)
