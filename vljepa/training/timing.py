@@ -26,6 +26,10 @@ class PhaseTimer(L.Callback):
     (``time.perf_counter``), so ``train.py`` can split ``fit`` into feature caching and setup,
     epochs and validation.
 
+    A run resumed from a mid-epoch checkpoint (``ckpt_path=``) gets no ``on_train_epoch_start``
+    for the epoch it resumes (Lightning's fit loop skips it), so that epoch is timed from the start
+    of training: its entry is the resumed part of the epoch, not the whole.
+
     Attributes:
         epochs: each train epoch's seconds, without the validation run inside it.
         validation: seconds of all validation passes (the sanity check included).
@@ -35,6 +39,10 @@ class PhaseTimer(L.Callback):
         self.epochs: list[float] = []
         self.validation = 0.0
         self._epoch_start = self._val_start = self._val_in_epoch = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: D102
+        # the only start a mid-epoch resume gets: without it that epoch counted from perf_counter 0
+        self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: D102
         self._epoch_start, self._val_in_epoch = time.perf_counter(), 0.0
