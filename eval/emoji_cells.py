@@ -71,10 +71,10 @@ def cached_visual_tokens(model, images: list[bytes]) -> torch.Tensor | None:
 
     cache = FeatureCache(default_cache_dir(), model.x_encoder.fingerprint)
     keys = [image_key(b) for b in images]  # the caption source keys a picture by its PNG bytes
-    index = cache.index()
-    if any(k not in index for k in keys):
+    try:
+        return cache.load(keys).float()
+    except KeyError:  # load names the first picture not cached
         return None
-    return cache.load(keys).float()
 
 
 @torch.no_grad()
