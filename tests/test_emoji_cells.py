@@ -33,7 +33,7 @@ def test_cached_tokens_are_read_only_when_every_picture_is_cached(model, tmp_pat
     assert torch.equal(got[0], got[2])
 
 
-def test_evaluate_embeds_each_name_once_and_scores_as_per_cell_classifiers(model):
+def test_evaluate_embeds_each_name_once_and_scores_as_per_cell_classifiers(model, monkeypatch):
     from eval.emoji_cells import CELLS, ENSEMBLE, evaluate, topk
 
     names = {CELLS[0]: ["cat", "dog", "owl"], CELLS[1]: ["sun", "moon", "star"],
@@ -41,18 +41,17 @@ def test_evaluate_embeds_each_name_once_and_scores_as_per_cell_classifiers(model
     colors = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
     rows, images = [], []
     for cell, ns in names.items():
-        for k, n in enumerate(ns * 2):
+        for n in ns * 2:
             rows.append({"cell": cell, "name": n})
-            images.append(png(colors[(len(rows) + k) % len(colors)]))
+            images.append(png(colors[len(images) % len(colors)]))
     visual = visual_tokens(model, images)
 
     seen = []
     embed_text = model.embed_text
-    model.embed_text = lambda texts, *a, **kw: (seen.extend(texts), embed_text(texts, *a, **kw))[1]
-    try:
-        got = evaluate(model, rows, visual)
-    finally:
-        del model.embed_text
+    monkeypatch.setattr(model, "embed_text",
+                        lambda texts, *a, **kw: (seen.extend(texts), embed_text(texts, *a, **kw))[1])
+    got = evaluate(model, rows, visual)
+    monkeypatch.undo()
     every = {n for ns in names.values() for n in ns}
     assert len(seen) == len(every) * (1 + len(ENSEMBLE))  # each name once per template set
 
